@@ -1,0 +1,1 @@
+"""Example models and packages for optc (importable as ``examples.*`` from the repo root)."""

@@ -1,0 +1,103 @@
+"""The compile pipeline: load -> lower -> methods (in the user's order) ->
+compile(target) -> run -> verify. The CLI and bench both drive it from here."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from optc.api import Artifact, Method, MethodContext, MethodResult, Target, build_options
+from optc.errors import MethodError, OptcError, TargetUnavailableError, UnknownNameError
+from optc.registry import load_registry
+
+
+@dataclass
+class Selection:
+    """The methods and target the user asked for, with validated options."""
+
+    methods: list[tuple[Method, Any]]
+    target: Target
+    target_options: Any
+
+
+def select(
+    method_names: Sequence[str],
+    target_name: str,
+    method_opts: dict[str, dict[str, str]],
+    target_opts: dict[str, dict[str, str]],
+) -> Selection:
+    """Resolve names and options before any heavy work, so bad input fails fast."""
+    reg = load_registry()
+    methods = [reg.method(n) for n in method_names]
+    for owner in method_opts:
+        if owner not in method_names:
+            if owner in reg.methods:
+                raise UnknownNameError(f"--opt {owner}.*: method {owner!r} is not in --plugins ({', '.join(method_names) or 'none'})")
+            raise UnknownNameError(f"--opt {owner}.*: unknown method {owner!r}; installed methods: {', '.join(sorted(reg.methods))}")
+    target = reg.target(target_name)
+    for owner in target_opts:
+        if owner != target_name:
+            raise UnknownNameError(f"--target-opt {owner}.*: the selected target is {target_name!r}")
+    ok, reason = target.available()
+    if not ok:
+        raise TargetUnavailableError(f"target {target_name!r} is not available: {reason}")
+    return Selection(
+        methods=[(m, build_options(m.name, m.Options, method_opts.get(m.name, {}))) for m in methods],
+        target=target,
+        target_options=build_options(target_name, target.Options, target_opts.get(target_name, {})),
+    )
+
+
+def apply_methods(
+    program: Any,
+    methods: Sequence[tuple[Method, Any]],
+    ctx: MethodContext,
+    progress: Callable[[str], None] = lambda s: None,
+) -> list[MethodResult]:
+    """Apply each method in order; merge the reference weights they report."""
+    results = []
+    for method, options in methods:
+        if method.needs_calibration and ctx.calibration is None:
+            raise MethodError(f"method {method.name!r} needs calibration data: pass --calib data.npz")
+        progress(f"applying {method.name}")
+        before = program.to_text() if ctx.dump_dir is not None else None
+        try:
+            result = method.apply(program, options, ctx)
+            program.verify()
+        except OptcError:
+            raise
+        except Exception as e:
+            where = _dump(before, ctx.dump_dir, method.name)
+            raise MethodError(f"method {method.name!r} failed: {type(e).__name__}: {e}{where}") from e
+        results.append(result)
+    return results
+
+
+def _dump(text: str | None, dump_dir: Path | None, name: str) -> str:
+    if text is None or dump_dir is None:
+        return " (rerun with --dump-ir DIR for a reproducer)"
+    dump_dir.mkdir(parents=True, exist_ok=True)
+    path = dump_dir / f"before-{name}.mlir"
+    path.write_text(text)
+    return f" (IR before it: {path})"
+
+
+def merged_reference_weights(results: Sequence[MethodResult]) -> dict[str, np.ndarray]:
+    """Later methods refine earlier ones: the last reference weight of a parameter wins."""
+    merged: dict[str, np.ndarray] = {}
+    for r in results:
+        merged.update(r.reference_weights)
+    return merged
+
+
+def options_dict(options: Any) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(options).items()}
+
+
+def log(msg: str) -> None:
+    print(f"optc: {msg}", file=sys.stderr, flush=True)

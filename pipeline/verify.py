@@ -1,0 +1,119 @@
+"""Check the numbers: the compiled artifact against the compressed reference
+(the original PyTorch model carrying the methods' reference weights), and the
+compressed reference against the original model.
+
+Errors are reported as max absolute error and max *relative* error, the latter
+normalised by the largest magnitude of the expected output (elementwise ratios
+blow up near zero and say nothing).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass
+class ErrorStats:
+    max_abs: float
+    max_rel: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def flatten_outputs(out: Any) -> list[np.ndarray]:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out.detach().cpu().numpy()]
+    if isinstance(out, (tuple, list)):
+        return [a for o in out for a in flatten_outputs(o)]
+    if isinstance(out, dict):
+        return [a for k in sorted(out) for a in flatten_outputs(out[k])]
+    raise TypeError(f"unsupported model output type {type(out).__name__}")
+
+
+def eager_outputs(module: "torch.nn.Module", inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        return flatten_outputs(module(*[torch.from_numpy(np.ascontiguousarray(x)) for x in inputs]))
+
+
+def with_weights(module: "torch.nn.Module", weights: dict[str, np.ndarray]) -> "torch.nn.Module":
+    """A copy of ``module`` whose parameters/buffers named in ``weights`` are replaced."""
+    import torch
+
+    if not weights:
+        return module
+    clone = copy.deepcopy(module)
+    state = clone.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, array in weights.items():
+            if name not in state:
+                raise KeyError(f"reference weight {name!r} is not a parameter of the model")
+            state[name].copy_(torch.from_numpy(np.ascontiguousarray(array)).to(state[name].dtype))
+    return clone
+
+
+def compare(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> ErrorStats:
+    if len(actual) != len(expected):
+        raise ValueError(f"{len(actual)} outputs vs {len(expected)} expected")
+    max_abs, scale = 0.0, 0.0
+    for a, e in zip(actual, expected):
+        a = np.asarray(a, dtype=np.float64)
+        e = np.asarray(e, dtype=np.float64)
+        if a.shape != e.shape:
+            raise ValueError(f"output shape {a.shape} vs expected {e.shape}")
+        if a.size:
+            max_abs = max(max_abs, float(np.max(np.abs(a - e))))
+            scale = max(scale, float(np.max(np.abs(e))))
+    return ErrorStats(max_abs=max_abs, max_rel=max_abs / scale if scale > 0 else max_abs)
+
+
+@dataclass
+class Verification:
+    """``compile_error``: artifact vs compressed reference (must be within tolerance).
+    ``compression_error``: compressed reference vs the original model (what the
+    methods cost; exact methods must keep it at ~1e-6)."""
+
+    compile_error: ErrorStats
+    compression_error: ErrorStats
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.compile_error.max_rel <= self.tolerance
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "compile_error": self.compile_error.as_dict(),
+            "compression_error": self.compression_error.as_dict(),
+            "tolerance": self.tolerance,
+            "passed": self.passed,
+        }
+
+
+def verify(
+    module: "torch.nn.Module",
+    reference_weights: dict[str, np.ndarray],
+    compiled_outputs: Sequence[np.ndarray],
+    inputs: Sequence[np.ndarray],
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Verification:
+    original = eager_outputs(module, inputs)
+    reference = eager_outputs(with_weights(module, reference_weights), inputs) if reference_weights else original
+    return Verification(
+        compile_error=compare(compiled_outputs, reference),
+        compression_error=compare(reference, original),
+        tolerance=tolerance,
+    )

@@ -1,0 +1,1 @@
+"""Compression methods (``--plugins NAME`` -> ``plugins/NAME.py``)."""

@@ -1,0 +1,137 @@
+"""``--plugins lowrank``: low-rank factorization by truncated SVD.
+
+TRP ("Trained Rank Pruning") and "SVD training" factor a weight W (out×in) as
+U·V of rank r. One matmul becomes two thinner ones, cheaper when
+r·(in+out) < in·out. Here each selected linear/LSTM-gate matmul ``x·M`` (M is
+in×out, the weight as the op reads it) becomes ``(x·A)·B`` with A = U_r·S_r
+(in×r) and B = V_rᵀ (r×out); a weight used by many ops (an unrolled LSTM's
+gates, one matmul per time step) gets one pair of factor constants.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from optc.api import LayerChange, Method, MethodContext, MethodResult, option
+from optc.hookspecs import hookimpl
+from optc.program import Program, WeightedOp, apply_view, shape_of, unapply_view
+
+
+@dataclass
+class LowRankOptions:
+    rank: Optional[int] = option(None, "rank r for every factored layer (overrides energy; capped at min(in, out))")
+    energy: float = option(0.9, "keep the smallest rank whose singular values hold this fraction of the squared norm, in (0, 1]")
+    layers: tuple[str, ...] = option((), "only these layers (comma-separated fnmatch patterns on parameter names); empty = all")
+    skip: tuple[str, ...] = option((), "never these layers (comma-separated fnmatch patterns)")
+    force: bool = option(False, "factor even where it would not reduce FLOPs (to check the rewrite is exact)")
+
+    def validate(self) -> None:
+        if self.rank is not None and self.rank < 1:
+            raise ValueError(f"rank={self.rank}: must be an integer >= 1")
+        if not 0.0 < self.energy <= 1.0:
+            raise ValueError(f"energy={self.energy}: must be in (0, 1]")
+
+
+def choose_rank(singular_values: np.ndarray, options: LowRankOptions) -> int:
+    full = len(singular_values)
+    if options.rank is not None:
+        return min(options.rank, full)
+    energy = np.cumsum(singular_values.astype(np.float64) ** 2)
+    if energy[-1] == 0:
+        return 1
+    return int(min(full, np.searchsorted(energy / energy[-1], options.energy - 1e-12) + 1))
+
+
+def factor(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """``matrix`` (K×N) ≈ A (K×r) · B (r×N) by truncated SVD, in float64 for accuracy."""
+    u, s, vt = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
+    a = (u[:, :rank] * s[:rank]).astype(matrix.dtype)
+    b = vt[:rank].astype(matrix.dtype)
+    return a, b
+
+
+class LowRank(Method):
+    name = "lowrank"
+    summary = "low-rank factorization (truncated SVD): each linear/LSTM matmul becomes two thinner matmuls"
+    Options = LowRankOptions
+
+    def _selected(self, layer: str, options: LowRankOptions) -> bool:
+        if options.layers and not any(fnmatch.fnmatchcase(layer, p) for p in options.layers):
+            return False
+        return not any(fnmatch.fnmatchcase(layer, p) for p in options.skip)
+
+    def apply(self, program: Program, options: LowRankOptions, ctx: MethodContext) -> MethodResult:
+        result = MethodResult(self.name)
+        by_param: dict[str, list[WeightedOp]] = {}
+        for w in program.weighted_ops():
+            if self._selected(w.layer, options):
+                by_param.setdefault(w.param, []).append(w)
+        for param, uses in by_param.items():
+            layer = uses[0].layer
+            reason = self._unsupported(uses)
+            if reason:
+                result.changes.append(LayerChange(layer, f"skipped: {reason}"))
+                continue
+            first = uses[0]
+            weight = program.params[param]  # read before the rewrite drops it
+            matrix = apply_view(weight, first.chain)
+            if first.batch_shared:
+                matrix = matrix[0]
+            k, n = matrix.shape
+            s = np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
+            r = choose_rank(s, options)
+            if r * (k + n) >= k * n and not options.force:
+                result.changes.append(
+                    LayerChange(layer, f"skipped: rank {r} would not reduce FLOPs ({r}·({k}+{n}) ≥ {k}·{n})", {"rank": r})
+                )
+                continue
+            a, b = factor(matrix, r)
+            a_val = program.constant(f"{param}.lowrank_in", a, origin=layer)
+            b_val = program.constant(f"{param}.lowrank_out", b, origin=layer)
+            for w in uses:
+                x, init = w.op.operands[0], w.op.operands[2]
+                with program.at(w.op) as build:
+                    t = build.linear(x, a_val, build.zeros(_rows(x) + (r,), like=x))
+                    y = build.linear(t, b_val, init)
+                program.replace(w.op, y)
+            effective = a.astype(np.float64) @ b.astype(np.float64)
+            if first.batch_shared:
+                effective = np.broadcast_to(effective, (first.weight_shape[0], k, n))
+            result.reference_weights[param] = unapply_view(
+                effective.astype(matrix.dtype), first.chain, weight.shape
+            )
+            kept = float(np.sum(s[:r] ** 2) / np.sum(s**2)) if np.sum(s**2) > 0 else 1.0
+            result.changes.append(
+                LayerChange(
+                    layer,
+                    f"factorized rank {r}",
+                    {"rank": r, "in": k, "out": n, "energy_kept": kept, "ops": len(uses)},
+                )
+            )
+        return result
+
+    @staticmethod
+    def _unsupported(uses: list[WeightedOp]) -> str | None:
+        for w in uses:
+            if w.kind not in ("matmul", "batch_matmul"):
+                return f"{w.kind} (lowrank factors matmul weights; convolutions are not factored)"
+            if w.operand_index != 1:
+                return "the weight is the left operand of its matmul"
+            if w.kind == "batch_matmul" and not w.batch_shared:
+                return "a batch_matmul with a different weight per batch"
+        if len({repr(w.chain) for w in uses}) != 1:
+            return "its uses read the weight through different views"
+        return None
+
+
+def _rows(x) -> tuple[int, ...]:
+    return shape_of(x)[:-1]
+
+
+@hookimpl
+def optc_register_methods(register):
+    register(LowRank())

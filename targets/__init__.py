@@ -1,0 +1,1 @@
+"""Compile targets (``--target NAME`` -> ``targets/NAME.py``)."""

@@ -1,0 +1,117 @@
+"""``--target vulkan``: IREE vulkan-spirv for desktop and mobile GPUs, run with
+the ``vulkan`` driver on any Vulkan device (Mesa's lavapipe in tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+
+from optc.api import Artifact, Session, Target, option
+from optc.hookspecs import hookimpl
+from optc.program import Program, as_value, shape_of
+from optc.targets.iree_common import IreeSession, compile_program
+
+# IREE's --iree-vulkan-target names (each checked to compile here). "default" lets
+# IREE pick its generic SPIR-V target, which runs on any Vulkan 1.1+ device.
+PROFILES = ("default", "valhall4", "adreno", "rdna3", "ampere")
+
+
+@dataclass
+class VulkanOptions:
+    profile: Literal["default", "valhall4", "adreno", "rdna3", "ampere"] = option(
+        "default", "GPU to generate SPIR-V for: default, valhall4 (Arm Mali Valhall), adreno (Qualcomm), rdna3, ampere"
+    )
+
+
+def rewrite_depthwise_nchw_to_nhwc(program: Program) -> int:
+    """IREE 3.13's vulkan-spirv path miscompiles ``linalg.depthwise_conv_2d_nchw_chw``
+    (wrong results on lavapipe, all profiles); the NHWC form is correct. Rewrite each
+    one to transpose -> depthwise_conv_2d_nhwc_hwc -> transpose. Returns the count."""
+    from torch_mlir.dialects import linalg
+
+    ops = [op for op in program.ops() if op.name == "linalg.depthwise_conv_2d_nchw_chw"]
+    for op in ops:
+        x, w = op.operands[0], op.operands[1]
+        init = op.operands[2]
+        strides = list(np.array(op.attributes["strides"]).tolist()) if "strides" in op.attributes else [1, 1]
+        dilations = list(np.array(op.attributes["dilations"]).tolist()) if "dilations" in op.attributes else [1, 1]
+        with program.at(op) as b:
+            xt = b.transpose(x, [0, 2, 3, 1])
+            wt = b.transpose(w, [1, 2, 0])
+            it = b.transpose(init, [0, 2, 3, 1])
+            y = as_value(linalg.depthwise_conv_2d_nhwc_hwc(xt, wt, outs=[it], strides=strides, dilations=dilations))
+            out = b.transpose(y, [0, 3, 1, 2])
+        assert shape_of(out) == shape_of(op.results[0])
+        program.replace(op, out)
+    return len(ops)
+
+
+def _fetch_via_staging(device: Any, array: Any) -> np.ndarray:
+    """``to_host()`` fails on lavapipe (it imports the host pointer, which must be
+    4096-aligned); copy into a mapped host-local staging buffer instead."""
+    import iree.runtime as rt
+
+    view = array._buffer_view
+    src = view.get_buffer()
+    staging = device.allocator.allocate_buffer(
+        memory_type=int(rt.MemoryType.HOST_LOCAL) | int(rt.MemoryType.DEVICE_VISIBLE),
+        allowed_usage=int(rt.BufferUsage.TRANSFER) | int(rt.BufferUsage.MAPPING_SCOPED),
+        allocation_size=src.byte_length(),
+    )
+    sem = device.create_semaphore(0)
+    device.queue_copy(src, staging, [(sem, 0)], [(sem, 1)])
+    sem.wait(1)
+    mapped = staging.map()
+    return np.array(mapped.asarray(list(view.shape), np.dtype(array.dtype)))
+
+
+@lru_cache(maxsize=1)
+def _probe() -> tuple[bool, str]:
+    try:
+        import iree.runtime as rt
+
+        driver = rt.get_driver("vulkan")
+        devices = driver.query_available_devices()
+    except Exception as e:  # the driver raises RuntimeError/ValueError variants
+        return False, f"no Vulkan driver ({str(e).splitlines()[0]}); install mesa-vulkan-drivers and libvulkan1"
+    if not devices:
+        return False, "no Vulkan device found; install mesa-vulkan-drivers (lavapipe) or a GPU driver"
+    return True, ""
+
+
+class VulkanTarget(Target):
+    name = "vulkan"
+    summary = "IREE vulkan-spirv (desktop default or mobile profiles), runtime driver vulkan"
+    Options = VulkanOptions
+
+    def available(self) -> tuple[bool, str]:
+        return _probe()
+
+    def runs_here(self, options: VulkanOptions) -> tuple[bool, str]:
+        # A profile bakes in its GPU's subgroup size and limits; measured here, valhall4,
+        # adreno, rdna3 and ampere artifacts all give wrong numbers on lavapipe (subgroup 8).
+        if options.profile == "default":
+            return True, ""
+        return False, f"a {options.profile} artifact runs only on that GPU family, not on this machine's Vulkan device"
+
+    def portable_options(self, options: VulkanOptions) -> VulkanOptions:
+        return VulkanOptions(profile="default")
+
+    def flags(self, options: VulkanOptions) -> list[str]:
+        return [] if options.profile == "default" else [f"--iree-vulkan-target={options.profile}"]
+
+    def compile(self, program: Program, options: Any) -> Artifact:
+        program = program.clone()
+        rewrite_depthwise_nchw_to_nhwc(program)
+        return compile_program(program, self.name, "vulkan-spirv", self.flags(options), options)
+
+    def open(self, artifact_vmfb: bytes, options: Any, threads: int | None = None) -> Session:
+        return IreeSession(artifact_vmfb, "vulkan", fetch=_fetch_via_staging)
+
+
+@hookimpl
+def optc_register_targets(register):
+    register(VulkanTarget())
