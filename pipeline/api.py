@@ -46,10 +46,14 @@ class LayerChange:
 class MethodResult:
     """What a method changed.
 
-    ``reference_weights`` maps each original parameter FQN the method changed to
-    the dense array the compressed program computes with (e.g. U·V for a low-rank
+    ``reference_weights`` maps each original layer (parameter FQN of the PyTorch
+    model) the method changed to the dense array, in that parameter's layout,
+    that the compressed program now computes with (e.g. U·V for a low-rank
     factorization). optc loads these into the PyTorch model to build the
-    *compressed reference*, which the compiled artifact must reproduce.
+    *compressed reference*, which the compiled artifact must reproduce. Methods
+    run in order and a later entry for the same layer replaces an earlier one, so
+    a method that rewrites an already-rewritten layer reports its whole effective
+    weight.
     """
 
     method: str

@@ -33,7 +33,7 @@ CONTRACTIONS: dict[str, Callable[[list[tuple[int, ...]]], int]] = {
     "linalg.depthwise_conv_2d_nhwc_hwc": lambda s: prod(s[1][:2]),
 }
 # Ops that only move or broadcast a weight on its way to a contraction.
-_VIEW_OPS = ("linalg.transpose", "tensor.expand_shape", "tensor.collapse_shape", "linalg.broadcast", "linalg.generic")
+_VIEW_OPS = ("linalg.transpose", "tensor.expand_shape", "tensor.collapse_shape", "linalg.broadcast", "linalg.generic", "arith.extf")
 # Side-effect-free ops that may be erased once nothing uses them.
 _PURE_PREFIXES = ("arith.", "linalg.", "tensor.", "math.")
 
@@ -88,7 +88,7 @@ def _generic_view(op: ir.Operation) -> tuple[str, Any] | None:
         return None
     maps = [ir.AffineMapAttr(a).value for a in gen.indexing_maps]
     out_map = maps[1]
-    if not out_map.is_permutation or list(out_map.results) != list(ir.AffineMap.get_identity(out_map.n_dims).results):
+    if not out_map.is_permutation or list(out_map.results) != list(ir.AffineMap.get_identity(out_map.n_dims, context=op.context).results):
         return None
     dims = [ir.AffineDimExpr(r).position for r in maps[0].results if _is_dim(r)]
     if len(dims) != len(maps[0].results):
@@ -106,6 +106,8 @@ def _view_step(op: ir.Operation) -> tuple[str, Any] | None:
         return "broadcast", (list(ir.DenseI64ArrayAttr(op.attributes["dimensions"])), shape_of(op.results[0]))
     if name == "linalg.generic":
         return _generic_view(op)
+    if name == "arith.extf":  # a narrow stored weight widened where it is used
+        return "cast", str(ir.RankedTensorType(op.results[0].type).element_type)
     return None
 
 
@@ -127,7 +129,12 @@ def apply_view(array: np.ndarray, chain: list[tuple[str, Any]]) -> np.ndarray:
             present = sorted(dims)
             a = np.expand_dims(a, tuple(d for d in range(len(shape)) if d not in present))
             array = np.broadcast_to(a, shape)
+        elif kind == "cast":
+            array = array.astype(_NUMPY_OF_MLIR[arg])
     return np.ascontiguousarray(array)
+
+
+_NUMPY_OF_MLIR = {"f32": np.float32, "f16": np.float16, "f64": np.float64}
 
 
 def unapply_view(operand: np.ndarray, chain: list[tuple[str, Any]], param_shape: tuple[int, ...]) -> np.ndarray:
@@ -151,6 +158,7 @@ def unapply_view(operand: np.ndarray, chain: list[tuple[str, Any]], param_shape:
             array = array[tuple(slice(None) if d in present else 0 for d in range(array.ndim))]
             order = sorted(range(len(dims)), key=lambda i: dims[i])
             array = array.transpose(np.argsort(order))
+        # "cast": the reference keeps the widened dtype the op computes with
     return np.ascontiguousarray(array.reshape(param_shape))
 
 
@@ -195,7 +203,16 @@ class Program:
     params: dict[str, np.ndarray]
     example_inputs: tuple[np.ndarray, ...]
     origin: dict[str, str] = field(default_factory=dict)  # param -> the original layer it came from
+    layer_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # original parameter shapes
     func_name: str = "main"
+
+    def __post_init__(self) -> None:
+        for name, array in self.params.items():
+            self.layer_shapes.setdefault(name, tuple(array.shape))
+
+    def rewritten(self, param: str) -> bool:
+        """True when ``param`` is not its layer's original array (a factor, a narrower copy …)."""
+        return self.layer_of(param) != param
 
     # ------------------------------------------------------------------ structure
     @property
@@ -273,6 +290,13 @@ class Program:
         """MACs of every contraction, weighted or not (attention's activation matmuls count too)."""
         return sum(op_macs(op) for op in self.ops() if op.name in CONTRACTIONS)
 
+    def constant_op(self, param: str) -> ir.Operation:
+        """The ``arith.constant`` that holds ``param``."""
+        for op in self.ops():
+            if op.name == "arith.constant" and resource_name(op.attributes["value"]) == param:
+                return op
+        raise KeyError(f"no constant holds parameter {param!r}")
+
     def referenced_params(self) -> list[str]:
         names = []
         for op in self.ops():
@@ -290,8 +314,7 @@ class Program:
         for w in self.weighted_ops():
             s = stats.get(w.layer)
             if s is None:
-                orig_shape = self.params[w.layer].shape if w.layer in self.params else self.params[w.param].shape
-                s = stats[w.layer] = LayerStats(w.layer, w.kind, 0, 0, 0, tuple(orig_shape))
+                s = stats[w.layer] = LayerStats(w.layer, w.kind, 0, 0, 0, self.layer_shapes.get(w.layer, self.params[w.param].shape))
                 seen_params[w.layer] = set()
             s.ops += 1
             s.macs += w.macs
@@ -367,6 +390,7 @@ class Program:
             params=dict(self.params),
             example_inputs=self.example_inputs,
             origin=dict(self.origin),
+            layer_shapes=dict(self.layer_shapes),
             func_name=self.func_name,
         )
 

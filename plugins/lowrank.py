@@ -72,7 +72,7 @@ class LowRank(Method):
                 by_param.setdefault(w.param, []).append(w)
         for param, uses in by_param.items():
             layer = uses[0].layer
-            reason = self._unsupported(uses)
+            reason = self._unsupported(program, uses)
             if reason:
                 result.changes.append(LayerChange(layer, f"skipped: {reason}"))
                 continue
@@ -101,8 +101,8 @@ class LowRank(Method):
             effective = a.astype(np.float64) @ b.astype(np.float64)
             if first.batch_shared:
                 effective = np.broadcast_to(effective, (first.weight_shape[0], k, n))
-            result.reference_weights[param] = unapply_view(
-                effective.astype(matrix.dtype), first.chain, weight.shape
+            result.reference_weights[layer] = unapply_view(
+                effective.astype(np.float32), first.chain, weight.shape
             )
             kept = float(np.sum(s[:r] ** 2) / np.sum(s**2)) if np.sum(s**2) > 0 else 1.0
             result.changes.append(
@@ -115,7 +115,10 @@ class LowRank(Method):
         return result
 
     @staticmethod
-    def _unsupported(uses: list[WeightedOp]) -> str | None:
+    def _unsupported(program: Program, uses: list[WeightedOp]) -> str | None:
+        param, layer = uses[0].param, uses[0].layer
+        if program.params[param].shape != program.layer_shapes.get(layer):
+            return "already rewritten into other shapes by an earlier method"
         for w in uses:
             if w.kind not in ("matmul", "batch_matmul"):
                 return f"{w.kind} (lowrank factors matmul weights; convolutions are not factored)"

@@ -1,0 +1,116 @@
+"""Whole CLI runs: compile -> report -> run, inspect, plugins, targets, and a
+third-party plugin installed with pip."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, optc_cli, vulkan_or_skip
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "mlp.vmfb"
+    proc = optc_cli("compile", "--plugins", "lowrank", "--opt", "lowrank.rank=32", "--target", "cpu", "examples.models:mlp", "-o", str(out), check=True)
+    return out, proc
+
+
+def test_compile_writes_artifact_and_report(compiled):
+    out, proc = compiled
+    assert out.exists() and out.stat().st_size > 1000
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["schema"] == "optc.report/1" and report["kind"] == "compile"
+    assert report["target"]["name"] == "cpu"
+    assert report["methods"][0]["name"] == "lowrank" and report["methods"][0]["options"]["rank"] == 32
+    rows = {r["layer"]: r for r in report["layers"]}
+    assert rows["0.weight"]["macs_before"] == 4 * 256 * 512
+    assert rows["0.weight"]["macs_after"] == 4 * (256 * 32 + 32 * 512)
+    assert rows["0.weight"]["methods"] == ["lowrank"] and rows["4.weight"]["methods"] == []
+    t = report["totals"]
+    assert t["macs_after"] < t["macs_before"] and t["params_after"] < t["params_before"]
+    assert t["flop_reduction"] == pytest.approx(t["macs_before"] / t["macs_after"])
+    v = report["verification"]
+    assert v["passed"] and v["compile_error"]["max_rel"] <= 1e-5 and v["verified_with"] == "the artifact itself"
+    assert "verified" in proc.stdout and "lowrank: 2 layer(s) changed, 1 skipped" in proc.stdout
+
+
+def test_run_reproduces_the_compressed_reference(compiled, tmp_path):
+    out, _ = compiled
+    x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    optc_cli("run", str(out), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), check=True)
+    y = np.load(tmp_path / "y.npy")
+    # rebuild the compressed reference in PyTorch from the report's own method
+    from examples.models import mlp
+    from optc.api import MethodContext
+    from optc.plugins.lowrank import LowRank, LowRankOptions
+    from optc.verify import eager_outputs, with_weights
+    from tests.conftest import lowered
+
+    model, p = lowered("mlp")
+    result = LowRank().apply(p, LowRankOptions(rank=32), MethodContext())
+    expected = eager_outputs(with_weights(model.module, result.reference_weights), [x])[0]
+    np.testing.assert_allclose(y, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_inspect_prints_the_layer_table():
+    proc = optc_cli("inspect", "examples.models:cnn", check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["layer", "op", "weight", "ops", "params", "MACs"]
+    stem = next(line for line in lines if line.startswith("stem.weight"))
+    assert stem.split()[1:] == ["conv2d", "16x3x3x3", "1", "432", f"{16 * 32 * 32 * 27:,}"]
+    assert any(line.startswith("dw.weight") and "depthwise_conv2d" in line for line in lines)
+
+
+def test_plugins_and_targets_list_what_is_installed():
+    plugins = optc_cli("plugins", check=True).stdout
+    assert "lowrank" in plugins and "--opt lowrank.rank=None" in plugins
+    targets = optc_cli("targets", check=True).stdout
+    assert "cpu  (cpu) available" in targets and "vulkan  (vulkan)" in targets
+    assert "--target-opt vulkan.profile=default" in targets
+
+
+def test_every_command_has_help_with_an_example():
+    for cmd in ("compile", "run", "inspect", "plugins", "targets"):
+        text = optc_cli(cmd, "--help", check=True).stdout
+        assert "Example:" in text and f"optc {cmd}" in text
+
+
+@pytest.mark.parametrize("name", ["cnn", "lstm", "transformer"])
+def test_compile_examples_for_vulkan(name, tmp_path):
+    vulkan_or_skip()
+    out = tmp_path / f"{name}.vmfb"
+    optc_cli("compile", "--plugins", "lowrank", "--opt", "lowrank.energy=0.8", "--target", "vulkan", f"examples.models:{name}", "-o", str(out), check=True)
+    v = json.loads(out.with_suffix(".json").read_text())["verification"]
+    assert v["passed"] and v["compile_error"]["max_rel"] <= 1e-5
+
+
+def test_mobile_profile_artifact_is_verified_through_a_portable_build(tmp_path):
+    vulkan_or_skip()
+    out = tmp_path / "mlp-mali.vmfb"
+    optc_cli("compile", "--target", "vulkan", "--target-opt", "vulkan.profile=valhall4", "examples.models:mlp", "-o", str(out), check=True)
+    v = json.loads(out.with_suffix(".json").read_text())["verification"]
+    assert v["passed"] and "portable build" in v["verified_with"]
+    proc = optc_cli("run", str(out), "--input", str(tmp_path / "none.npy"))
+    assert proc.returncode != 0 and "runs only on that GPU family" in proc.stderr
+
+
+def test_third_party_plugin_installs_registers_and_runs(tmp_path):
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    pkg = REPO / "examples" / "optc_fp16_plugin"
+    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", str(pkg)], check=True, capture_output=True)
+    try:
+        listing = optc_cli("plugins", check=True).stdout
+        assert "fp16  (fp16)" in listing
+        out = tmp_path / "mlp16.vmfb"
+        optc_cli("compile", "--plugins", "fp16", "examples.models:mlp", "-o", str(out), check=True)
+        report = json.loads(out.with_suffix(".json").read_text())
+        assert report["methods"][0]["name"] == "fp16"
+        assert report["totals"]["param_bytes_after"] < 0.6 * report["totals"]["param_bytes_before"]
+        assert report["verification"]["passed"]
+    finally:
+        subprocess.run([*pip, "uninstall", "-y", "optc-fp16"], check=True, capture_output=True)
+    assert "fp16" not in optc_cli("plugins", check=True).stdout

@@ -1,0 +1,93 @@
+"""The program view: weighted ops with names, roles, shapes and MACs equal to hand counts."""
+
+import numpy as np
+import pytest
+
+from optc.program import apply_view, unapply_view
+from tests.conftest import lowered
+
+
+def test_cnn_weighted_ops_have_fqn_names_kinds_and_hand_counted_macs():
+    _, p = lowered("cnn")
+    ops = {w.param: w for w in p.weighted_ops()}
+    assert set(ops) == {"stem.weight", "dw.weight", "pw.weight", "fc1.weight", "fc2.weight"}
+    assert ops["stem.weight"].kind == "conv2d"
+    assert ops["dw.weight"].kind == "depthwise_conv2d"
+    assert ops["pw.weight"].kind == "grouped_conv2d"
+    assert ops["fc1.weight"].kind == "matmul"
+    # conv 3->16, 3x3, 32x32 output: 16*32*32 outputs x 3*3*3 MACs each
+    assert ops["stem.weight"].macs == 16 * 32 * 32 * 3 * 3 * 3
+    # depthwise 16 channels, 3x3: one 3x3 window per output
+    assert ops["dw.weight"].macs == 16 * 32 * 32 * 3 * 3
+    # 1x1 conv with 2 groups of 8 channels: 8 inputs per output
+    assert ops["pw.weight"].macs == 16 * 32 * 32 * 8
+    # linear 16->64 at batch 1
+    assert ops["fc1.weight"].macs == 16 * 64
+    stats = p.layer_stats()
+    assert stats["fc1.weight"].params == 64 * 16
+    assert stats["stem.weight"].weight_shape == (16, 3, 3, 3)
+
+
+def test_weight_operand_is_the_parameter_through_its_view_chain():
+    _, p = lowered("cnn")
+    fc1 = next(w for w in p.weighted_ops() if w.param == "fc1.weight")
+    operand = apply_view(p.params["fc1.weight"], fc1.chain)
+    assert operand.shape == fc1.weight_shape == (16, 64)
+    np.testing.assert_array_equal(operand, p.params["fc1.weight"].T)
+    back = unapply_view(operand, fc1.chain, p.params["fc1.weight"].shape)
+    np.testing.assert_array_equal(back, p.params["fc1.weight"])
+
+
+def test_lstm_gate_weights_are_found_at_every_time_step():
+    _, p = lowered("lstm")
+    uses = [w for w in p.weighted_ops() if w.param == "lstm.weight_hh_l1"]
+    assert len(uses) >= 11  # 12 steps; the first step's h=0 matmul may fold away
+    assert all(w.weight_shape == (64, 256) for w in uses)
+    assert p.layer_stats()["lstm.weight_hh_l1"].ops == len(uses)
+
+
+def test_transformer_projections_are_weighted_matmuls():
+    _, p = lowered("transformer")
+    names = {w.param for w in p.weighted_ops()}
+    assert {"encoder.layers.0.self_attn.in_proj_weight", "encoder.layers.0.linear1.weight", "head.weight"} <= names
+    # activation x activation matmuls (attention scores) count in the total but are not layers
+    assert p.contraction_macs() > sum(s.macs for s in p.layer_stats().values())
+
+
+def test_weights_are_named_dense_resources_in_the_ir():
+    _, p = lowered("cnn")
+    text = p.to_text()
+    assert 'dense_resource<"stem.weight">' in text or "dense_resource<stem.weight>" in text
+    assert "torch_tensor_" not in text  # no anonymous blobs for parameters
+
+
+def test_constant_adds_a_named_parameter_and_unused_ones_are_dropped():
+    _, p = lowered("mlp")
+    before = set(p.params)
+    value = p.constant("extra.weight", np.ones((3, 3), np.float32), origin="0.weight")
+    assert "extra.weight" in p.params and p.layer_of("extra.weight") == "0.weight"
+    assert value.owner.name == "arith.constant"
+    p.erase_dead()  # nothing uses it
+    assert set(p.params) == before
+
+
+def test_clone_is_independent():
+    _, p = lowered("mlp")
+    q = p.clone()
+    q.constant("only.in.clone", np.zeros((2, 2), np.float32))
+    assert "only.in.clone" in q.params and "only.in.clone" not in p.params
+    assert q.to_bytecode() != p.to_bytecode()
+
+
+@pytest.mark.parametrize(
+    "chain,shape",
+    [
+        ([("transpose", [1, 0])], (4, 6)),
+        ([("reshape", (2, 12))], (4, 6)),
+        ([("transpose", [1, 0]), ("broadcast", ([0], (5, 6, 4)))], (4, 6)),
+        ([("generic_broadcast", ([1, 2], (3, 4, 6)))], (4, 6)),
+    ],
+)
+def test_unapply_view_inverts_apply_view(chain, shape):
+    a = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    np.testing.assert_array_equal(unapply_view(apply_view(a, chain), chain, shape), a)
