@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import click
 
-from optc.errors import InputError, OptcError, VerifyError
+from optc.errors import InputError, OptcError
 
 MODEL_HELP = "MODEL is a torch.export archive (.pt2/.pt), a pkg.module:factory reference, or (with --trust) a pickled nn.Module."
 
@@ -22,6 +22,7 @@ class OptcGroup(click.Group):
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
+        warnings.filterwarnings("ignore", message=r"The tensor attributes .* were assigned during export")
         try:
             return super().invoke(ctx)
         except OptcError as e:
@@ -50,15 +51,6 @@ def _split_plugins(value: str) -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()] if value else []
 
 
-def _load_and_lower(model: str, trust: bool, input_shapes: Sequence[str]):
-    from optc.driver import log
-    from optc.load import load_model
-    from optc.lower import lower
-
-    log(f"loading {model}")
-    loaded = load_model(model, trust=trust, input_shapes=input_shapes)
-    log("lowering to linalg with torch-mlir")
-    return loaded, lower(loaded)
 
 
 @main.command()
@@ -79,62 +71,106 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
     Example:
       optc compile --plugins lowrank --opt lowrank.energy=0.8 --target cpu model.pt2 -o model.vmfb
     """
-    from optc.api import MethodContext, parse_assignments
-    from optc.driver import apply_methods, log, merged_reference_weights, options_dict, select
-    from optc.report import SCHEMA, layer_rows, totals, write_bytes_atomic, write_json_atomic
-    from optc.verify import DEFAULT_TOLERANCE, verify
+    from optc.api import parse_assignments
+    from optc.driver import compile_model, select
+    from optc.report import compile_report, write_bytes_atomic, write_json_atomic
 
     if tolerance is not None and not tolerance > 0:
         raise InputError(f"--tolerance {tolerance}: must be > 0")
-    methods = _split_plugins(plugins)
-    sel = select(methods, target, parse_assignments(opts, "--opt"), parse_assignments(target_opts, "--target-opt"))
+    sel = select(_split_plugins(plugins), target, parse_assignments(opts, "--opt"), parse_assignments(target_opts, "--target-opt"))
     out = output or Path(Path(model.split(":")[-1]).stem + ".vmfb")
     if out.suffix != ".vmfb":
         raise InputError(f"-o {out}: the artifact name must end in .vmfb")
-    loaded, original = _load_and_lower(model, trust, input_shapes)
-    program = original.clone()
-    results = apply_methods(program, sel.methods, MethodContext(dump_dir=dump_ir), progress=log)
-    log(f"compiling for {target}")
-    artifact = sel.target.compile(program, sel.target_options)
-    runnable, why = sel.target.runs_here(sel.target_options)
-    if runnable:
-        checked, checked_options, verified_with = artifact, sel.target_options, "the artifact itself"
-    else:
-        checked_options = sel.target.portable_options(sel.target_options)
-        log(f"{why}; verifying a portable build ({options_dict(checked_options)}) of the same program instead")
-        checked = sel.target.compile(program, checked_options)
-        verified_with = f"a portable build {options_dict(checked_options)} ({why})"
-    log("running it and PyTorch eager on the example inputs")
-    compiled = sel.target.open(checked.vmfb, checked_options)(*program.example_inputs)
-    check = verify(
-        loaded.module, merged_reference_weights(results), compiled, program.example_inputs,
-        tolerance if tolerance is not None else DEFAULT_TOLERANCE,
-    )
-    verification = check.as_dict()
-    verification["verified_with"] = verified_with
-    report = {
-        "schema": SCHEMA,
-        "kind": "compile",
-        "model": model,
-        "target": {"name": target, "options": options_dict(sel.target_options)},
-        "methods": [
-            {"name": m.name, "options": options_dict(o), "changes": [vars(c) for c in r.changes]}
-            for (m, o), r in zip(sel.methods, results)
-        ],
-        "layers": layer_rows(original.layer_stats(), program.layer_stats(), results),
-        "totals": totals(original, program),
-        "verification": verification,
-        "artifact": {"path": str(out), "bytes": len(artifact.vmfb), "compile_seconds": artifact.compile_seconds},
-        "inputs": [{"shape": list(x.shape), "dtype": str(x.dtype)} for x in program.example_inputs],
-    }
-    if not check.passed:
-        raise VerifyError(
-            f"the artifact differs from the compressed reference: max relative error "
-            f"{check.compile_error.max_rel:.3g} > tolerance {check.tolerance:g} (raise it with --tolerance)"
-        )
-    write_bytes_atomic(out, artifact.vmfb)
+    compiled = compile_model(model, sel, trust=trust, input_shapes=input_shapes, tolerance=tolerance, dump_dir=dump_ir)
+    report = compile_report(compiled, str(out))
+    write_bytes_atomic(out, compiled.artifact.vmfb)
     write_json_atomic(out.with_suffix(".json"), report)
     _print_summary(report)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--plugins", default="", metavar="A,B", help="compression methods to apply, in this order (see `optc plugins`)")
+@click.option("--opt", "opts", multiple=True, metavar="M.FIELD=V", help="set a method option (repeatable)")
+@click.option("--target", default="cpu", show_default=True, help="compile target (see `optc targets`)")
+@click.option("--target-opt", "target_opts", multiple=True, metavar="T.FIELD=V", help="set a target option")
+@click.option("--batch", type=int, default=None, help="batch size: replaces the first dimension of every input [default: the example inputs']")
+@click.option("--threads", type=int, default=2, show_default=True, help="threads for PyTorch and IREE alike")
+@click.option("--min-rounds", type=int, default=20, show_default=True, help="at least this many interleaved timing rounds")
+@click.option("--min-seconds", type=float, default=3.0, show_default=True, help="and at least this much timing work")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="write the bench report (JSON) here")
+@click.option("--tolerance", type=float, default=None, help="max relative error of the artifacts vs their references [default: 1e-4]")
+@model_options
+def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds, min_seconds, json_out, tolerance, trust, input_shapes):
+    """Measure PyTorch eager, the dense IREE compile and the compressed IREE compile
+    of MODEL side by side (same process, same threads, interleaved rounds), and
+    print latency medians, speedups, FLOP reduction and realized efficiency.
+
+    \b
+    Example:
+      optc bench --plugins lowrank --opt lowrank.rank=32 --batch 8 --threads 2 examples.models:mlp --json bench.json
+    """
+    import dataclasses
+
+    import torch
+
+    from optc.api import parse_assignments
+    from optc.bench import format_table, set_threads, speedups, time_interleaved
+    from optc.driver import compile_model, load_and_lower, log, select
+    from optc.errors import TargetUnavailableError
+    from optc.report import compile_report, write_json_atomic
+
+    if batch is not None and batch <= 0:
+        raise InputError(f"--batch {batch}: must be a positive integer")
+    if threads <= 0:
+        raise InputError(f"--threads {threads}: must be a positive integer")
+    if min_rounds <= 0 or min_seconds < 0:
+        raise InputError("--min-rounds must be > 0 and --min-seconds >= 0")
+    sel = select(_split_plugins(plugins), target, parse_assignments(opts, "--opt"), parse_assignments(target_opts, "--target-opt"))
+    ok, why = sel.target.runs_here(sel.target_options)
+    if not ok:
+        raise TargetUnavailableError(f"cannot time target {target!r} here: {why}")
+    set_threads(threads)
+    lowered = load_and_lower(model, trust, input_shapes, batch)
+    log("dense compile")
+    dense = compile_model(model, dataclasses.replace(sel, methods=[]), tolerance=tolerance, loaded_and_lowered=lowered)
+    compressed = None
+    if sel.methods:
+        log("compressed compile")
+        compressed = compile_model(model, sel, tolerance=tolerance, loaded_and_lowered=lowered)
+    inputs = dense.program.example_inputs
+    torch_inputs = [torch.from_numpy(x) for x in inputs]
+    module = lowered[0].module
+    runners = {"eager": lambda: module(*torch_inputs)}
+    dense_session = sel.target.open(dense.artifact.vmfb, sel.target_options, threads)
+    runners["dense"] = lambda: dense_session.invoke(*inputs)
+    if compressed is not None:
+        comp_session = sel.target.open(compressed.artifact.vmfb, sel.target_options, threads)
+        runners["compressed"] = lambda: comp_session.invoke(*inputs)
+    log(f"timing {', '.join(runners)} interleaved")
+    with torch.no_grad():
+        timings = time_interleaved(runners, min_rounds=min_rounds, min_seconds=min_seconds, progress=log)
+    latency = {k: t.as_dict() for k, t in timings.items()}
+    final = compressed or dense
+    report = compile_report(final, None)
+    report["kind"] = "bench"
+    sp = speedups(latency)
+    flop_reduction = report["totals"]["flop_reduction"]
+    report["bench"] = {
+        "batch": int(inputs[0].shape[0]) if inputs and inputs[0].ndim else None,
+        "threads": threads,
+        "rounds": len(timings["eager"].samples),
+        "latency_ms": latency,
+        "speedup": sp,
+        "flop_reduction": flop_reduction,
+        "realized_efficiency": sp["compressed_vs_dense"] / flop_reduction if compressed is not None else None,
+        "params": {"dense": dense.program.total_params(), **({"compressed": compressed.program.total_params()} if compressed else {})},
+        "artifact_bytes": {"dense": len(dense.artifact.vmfb), **({"compressed": len(compressed.artifact.vmfb)} if compressed else {})},
+    }
+    click.echo(format_table(report["bench"]))
+    if json_out is not None:
+        write_json_atomic(json_out, report)
+        click.echo(f"report     {json_out}")
 
 
 def _print_summary(report: dict) -> None:
@@ -247,7 +283,9 @@ def inspect(model, show_mlir, trust, input_shapes):
     Example:
       optc inspect examples.models:cnn
     """
-    _, program = _load_and_lower(model, trust, input_shapes)
+    from optc.driver import load_and_lower
+
+    _, program = load_and_lower(model, trust, input_shapes)
     stats = program.layer_stats()
     rows = [(s.layer, s.kind, "x".join(map(str, s.weight_shape)), str(s.ops), f"{s.params:,}", f"{s.macs:,}") for s in stats.values()]
     head = ("layer", "op", "weight", "ops", "params", "MACs")

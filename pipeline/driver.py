@@ -101,3 +101,80 @@ def options_dict(options: Any) -> dict[str, Any]:
 
 def log(msg: str) -> None:
     print(f"optc: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Compiled:
+    """Everything one compile produced: the programs before/after, the method
+    results, the artifact, and its verification."""
+
+    model_spec: str
+    loaded: Any
+    original: Any
+    program: Any
+    selection: Selection
+    results: list[MethodResult]
+    artifact: Artifact
+    verification: Any
+    verified_with: str
+
+
+def compile_model(
+    model_spec: str,
+    sel: Selection,
+    *,
+    trust: bool = False,
+    input_shapes: Sequence[str] = (),
+    batch: int | None = None,
+    tolerance: float | None = None,
+    dump_dir: Path | None = None,
+    loaded_and_lowered: tuple[Any, Any] | None = None,
+) -> Compiled:
+    """load -> lower -> methods -> compile -> run -> verify. Raises VerifyError
+    when the artifact does not reproduce the compressed reference."""
+    from optc.errors import VerifyError
+    from optc.verify import DEFAULT_TOLERANCE, verify
+
+    loaded, original = loaded_and_lowered or load_and_lower(model_spec, trust, input_shapes, batch)
+    program = original.clone()
+    results = apply_methods(program, sel.methods, MethodContext(dump_dir=dump_dir), progress=log)
+    log(f"compiling for {sel.target.name}")
+    artifact = sel.target.compile(program, sel.target_options)
+    runnable, why = sel.target.runs_here(sel.target_options)
+    if runnable:
+        checked, checked_options, verified_with = artifact, sel.target_options, "the artifact itself"
+    else:
+        checked_options = sel.target.portable_options(sel.target_options)
+        log(f"{why}; verifying a portable build ({options_dict(checked_options)}) of the same program instead")
+        checked = sel.target.compile(program, checked_options)
+        verified_with = f"a portable build {options_dict(checked_options)} ({why})"
+    log("running it and PyTorch eager on the example inputs")
+    outputs = sel.target.open(checked.vmfb, checked_options)(*program.example_inputs)
+    check = verify(
+        loaded.module, merged_reference_weights(results), outputs, program.example_inputs,
+        tolerance if tolerance is not None else DEFAULT_TOLERANCE,
+    )
+    if not check.passed:
+        raise VerifyError(
+            f"the artifact differs from the compressed reference: max relative error "
+            f"{check.compile_error.max_rel:.3g} > tolerance {check.tolerance:g} (raise it with --tolerance)"
+        )
+    return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with)
+
+
+def load_and_lower(model_spec: str, trust: bool, input_shapes: Sequence[str], batch: int | None = None) -> tuple[Any, Any]:
+    """The loaded model and its lowered program (at ``batch`` when given)."""
+    from optc.load import load_model
+    from optc.lower import lower
+
+    log(f"loading {model_spec}")
+    loaded = load_model(model_spec, trust=trust, input_shapes=input_shapes)
+    if batch is not None:
+        import torch
+
+        from optc.bench import rebatch
+
+        inputs = rebatch([t.numpy() for t in loaded.example_inputs], batch)
+        loaded = dataclasses.replace(loaded, example_inputs=tuple(torch.from_numpy(x) for x in inputs), exported=None)
+    log("lowering to linalg with torch-mlir")
+    return loaded, lower(loaded)

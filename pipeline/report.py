@@ -24,10 +24,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from optc.api import MethodResult
 from optc.program import LayerStats, Program
+
+if TYPE_CHECKING:
+    from optc.driver import Compiled
 
 SCHEMA = "optc.report/1"
 
@@ -72,6 +75,29 @@ def totals(before: Program, after: Program) -> dict[str, Any]:
         "weighted_macs_before": wb,
         "weighted_macs_after": wa,
         "flop_reduction": mb / ma if ma else None,
+    }
+
+
+def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
+    """The report of one compile (also the base of a bench report)."""
+    from optc.driver import options_dict
+
+    verification = c.verification.as_dict()
+    verification["verified_with"] = c.verified_with
+    return {
+        "schema": SCHEMA,
+        "kind": "compile",
+        "model": c.model_spec,
+        "target": {"name": c.selection.target.name, "options": options_dict(c.selection.target_options)},
+        "methods": [
+            {"name": m.name, "options": options_dict(o), "changes": [vars(ch) for ch in r.changes]}
+            for (m, o), r in zip(c.selection.methods, c.results)
+        ],
+        "layers": layer_rows(c.original.layer_stats(), c.program.layer_stats(), c.results),
+        "totals": totals(c.original, c.program),
+        "verification": verification,
+        "artifact": {"path": artifact_path, "bytes": len(c.artifact.vmfb), "compile_seconds": c.artifact.compile_seconds},
+        "inputs": [{"shape": list(x.shape), "dtype": str(x.dtype)} for x in c.program.example_inputs],
     }
 
 

@@ -24,6 +24,7 @@ from optc.program import Program, WeightedOp, apply_view, shape_of, unapply_view
 @dataclass
 class LowRankOptions:
     rank: Optional[int] = option(None, "rank r for every factored layer (overrides energy; capped at min(in, out))")
+    reduction: Optional[float] = option(None, "choose each layer's rank so its FLOPs shrink by this factor (r = in·out / (reduction·(in+out))); overrides rank and energy")
     energy: float = option(0.9, "keep the smallest rank whose singular values hold this fraction of the squared norm, in (0, 1]")
     layers: tuple[str, ...] = option((), "only these layers (comma-separated fnmatch patterns on parameter names); empty = all")
     skip: tuple[str, ...] = option((), "never these layers (comma-separated fnmatch patterns)")
@@ -32,12 +33,17 @@ class LowRankOptions:
     def validate(self) -> None:
         if self.rank is not None and self.rank < 1:
             raise ValueError(f"rank={self.rank}: must be an integer >= 1")
+        if self.reduction is not None and not self.reduction > 1.0:
+            raise ValueError(f"reduction={self.reduction}: must be > 1")
         if not 0.0 < self.energy <= 1.0:
             raise ValueError(f"energy={self.energy}: must be in (0, 1]")
 
 
-def choose_rank(singular_values: np.ndarray, options: LowRankOptions) -> int:
+def choose_rank(singular_values: np.ndarray, options: LowRankOptions, k: int = 0, n: int = 0) -> int:
+    """The rank for a K×N matrix with these singular values."""
     full = len(singular_values)
+    if options.reduction is not None:
+        return max(1, min(full, int(k * n / (options.reduction * (k + n)))))
     if options.rank is not None:
         return min(options.rank, full)
     energy = np.cumsum(singular_values.astype(np.float64) ** 2)
@@ -83,7 +89,7 @@ class LowRank(Method):
                 matrix = matrix[0]
             k, n = matrix.shape
             s = np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
-            r = choose_rank(s, options)
+            r = choose_rank(s, options, k, n)
             if r * (k + n) >= k * n and not options.force:
                 result.changes.append(
                     LayerChange(layer, f"skipped: rank {r} would not reduce FLOPs ({r}·({k}+{n}) ≥ {k}·{n})", {"rank": r})

@@ -24,6 +24,7 @@ FAST_FLAGS = (
 class CpuOptions:
     cpu: str = option("host", "LLVM CPU name to generate code for (host = this machine)")
     fast: bool = option(True, "use the measured fast flag set (im2col for convs, data tiling, O3)")
+    flags: tuple[str, ...] = option((), "extra IREE compiler flags, comma-separated (for experiments; see benchmarks/cpu_flags.py)")
 
 
 class CpuTarget(Target):
@@ -35,7 +36,7 @@ class CpuTarget(Target):
         flags = [f"--iree-llvmcpu-target-cpu={options.cpu}"]
         if options.fast:
             flags += FAST_FLAGS
-        return flags
+        return flags + list(options.flags)
 
     def compile(self, program: Program, options: Any) -> Artifact:
         return compile_program(program, self.name, "llvm-cpu", self.flags(options), options)

@@ -74,6 +74,15 @@ def test_energy_picks_the_smallest_sufficient_rank():
     assert choose_rank(s, LowRankOptions(rank=99)) == 4
 
 
+def test_reduction_picks_the_rank_that_cuts_flops_by_that_factor():
+    _, p, before, result = apply("mlp", reduction=4.0)
+    after = p.layer_stats()
+    # 256x512: r = 256·512 / (4·768) = 42
+    assert result.changes[0].details["rank"] == 42
+    ratio = before["0.weight"].macs / after["0.weight"].macs
+    assert 4.0 <= ratio < 4.1
+
+
 def test_lstm_steps_share_one_pair_of_factor_constants():
     _, p, before, result = apply("lstm", rank=16, layers=("lstm.weight_hh_l1",))
     factors = [n for n in p.params if n.startswith("lstm.weight_hh_l1.lowrank")]
