@@ -173,6 +173,28 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
         click.echo(f"report     {json_out}")
 
 
+@main.command()
+@click.argument("report_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="HTML file to write [default: REPORT.html]")
+def report(report_json, output):
+    """Render an optc JSON report (from compile or bench) as one self-contained
+    HTML page with the summary, the per-layer table and plots.
+
+    \b
+    Example:
+      optc report out/mlp.json -o out/mlp.html
+    """
+    from optc.html import render_html
+    from optc.report import load_report, write_bytes_atomic
+
+    if not report_json.exists():
+        raise InputError(f"report not found: {report_json}")
+    data = load_report(report_json)
+    out = output or report_json.with_suffix(".html")
+    write_bytes_atomic(out, render_html(data).encode())
+    click.echo(f"wrote {out}")
+
+
 def _print_summary(report: dict) -> None:
     t = report["totals"]
     v = report["verification"]

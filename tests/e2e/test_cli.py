@@ -114,3 +114,20 @@ def test_third_party_plugin_installs_registers_and_runs(tmp_path):
     finally:
         subprocess.run([*pip, "uninstall", "-y", "optc-fp16"], check=True, capture_output=True)
     assert "fp16" not in optc_cli("plugins", check=True).stdout
+
+
+def test_report_renders_html_from_a_compile_report(compiled, tmp_path):
+    out, _ = compiled
+    html = tmp_path / "r.html"
+    optc_cli("report", str(out.with_suffix(".json")), "-o", str(html), check=True)
+    page = html.read_text()
+    assert "<table" in page and 'id="plot-macs"' in page and "0.weight" in page
+
+
+@pytest.mark.parametrize("content", ['{"schema": "something/else"}', "not json", '[1, 2]'])
+def test_report_refuses_a_file_that_is_not_an_optc_report(content, tmp_path):
+    src = tmp_path / "x.json"
+    src.write_text(content)
+    proc = optc_cli("report", str(src), "-o", str(tmp_path / "x.html"))
+    assert proc.returncode == 2 and "is not an optc report" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x.html").exists()
