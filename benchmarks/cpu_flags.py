@@ -14,12 +14,27 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from optc.targets.cpu import FAST_FLAGS  # noqa: E402
+
+# Each set is (fast?, extra flags); "fast" is the first three of the default flags,
+# as they were before this sweep, so the rows stay comparable.
+BASE = FAST_FLAGS[:3]
 FLAG_SETS: dict[str, tuple[str, ...]] = {
     "host only": ("--opt-none",),
-    "fast (default)": (),
+    "default (all fast flags)": ("--default",),
+    "fast": (),
     "fast + aggressive fusion": ("--iree-dispatch-creation-enable-aggressive-fusion",),
     "fast + ukernels": ("--iree-llvmcpu-enable-ukernels=all",),
     "fast + ukernels + aggressive fusion": ("--iree-llvmcpu-enable-ukernels=all", "--iree-dispatch-creation-enable-aggressive-fusion"),
+    "fast + aggressive fusion + channels-last": (
+        "--iree-dispatch-creation-enable-aggressive-fusion",
+        "--iree-preprocessing-pass-pipeline=builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))",
+    ),
+    "fast + ukernels + aggressive fusion + channels-last": (
+        "--iree-llvmcpu-enable-ukernels=all",
+        "--iree-dispatch-creation-enable-aggressive-fusion",
+        "--iree-preprocessing-pass-pipeline=builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))",
+    ),
 }
 
 
@@ -50,7 +65,10 @@ def main() -> None:
     chosen = [s for s in FLAG_SETS if not args.sets or s in args.sets.split(",")]
     for name in chosen:
         extra = FLAG_SETS[name]
-        opts = CpuOptions(fast=extra != ("--opt-none",), flags=tuple(f for f in extra if f != "--opt-none"))
+        if extra == ("--default",):
+            opts = CpuOptions()
+        else:
+            opts = CpuOptions(fast=False, flags=() if extra == ("--opt-none",) else BASE + extra)
         log(f"compiling '{name}': {' '.join(target.flags(opts))}")
         try:
             art = target.compile(program, opts)

@@ -7,8 +7,12 @@ map ``id(tensor)`` to its key in the exported program's state_dict/constants.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from typing import Any
+import sys
+import tempfile
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -17,6 +21,7 @@ from optc.load import Model, _first_line
 from optc.program import Program
 
 _ILLEGAL_OP_RES = (
+    re.compile(r'"torch\.operator"\([^)]*\)\s*<\{name = "torch\.([^"]+)"'),  # an opaque/custom op
     re.compile(r"failed to legalize operation '([^']+)'"),
     re.compile(r"unsupported by backend contract: (?:[^\n]*?)'([^']+)'"),
     re.compile(r'torch\.operator"?\(?\s*"([^"]+)"'),
@@ -53,6 +58,29 @@ def _naming_hooks(names: dict[int, str]) -> Any:
     return NamingHooks()
 
 
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[_Captured]:
+    """MLIR prints its diagnostics (the op that failed) to fd 2, not into the
+    exception; capture them so the error can name the op and nothing leaks."""
+    captured = _Captured()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            captured.text = buf.read()
+
+
 def unlowerable_op(message: str) -> str | None:
     for rx in _ILLEGAL_OP_RES:
         m = rx.search(message)
@@ -74,10 +102,12 @@ def lower(model: Model) -> Program:
     names = {id(t): k for k, t in ep.state_dict.items()}
     names.update({id(t): k for k, t in ep.constants.items()})
     hooks = _naming_hooks(names)
+    diagnostics = _Captured()
     try:
-        module = fx.export_and_import(ep, output_type="linalg-on-tensors", hooks=hooks, decomposition_table={})
+        with _captured_stderr() as diagnostics:
+            module = fx.export_and_import(ep, output_type="linalg-on-tensors", hooks=hooks, decomposition_table={})
     except Exception as e:
-        text = str(e)
+        text = diagnostics.text + "\n" + str(e)
         op = unlowerable_op(text)
         if op:
             raise LowerError(f"cannot lower op {op} of {model.source} to linalg (torch-mlir has no lowering for it)") from None
