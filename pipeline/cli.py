@@ -47,18 +47,25 @@ def model_options(f):
     return f
 
 
+def selection_options(f):
+    """--plugins/--opt/--target/--target-opt, shared by compile and bench."""
+    for decorator in reversed((
+        click.option("--plugins", default="", metavar="A,B", help="compression methods to apply, in this order (see `optc plugins`)"),
+        click.option("--opt", "opts", multiple=True, metavar="M.FIELD=V", help="set a method option, e.g. lowrank.rank=16 (repeatable)"),
+        click.option("--target", default="cpu", show_default=True, help="compile target (see `optc targets`)"),
+        click.option("--target-opt", "target_opts", multiple=True, metavar="T.FIELD=V", help="set a target option, e.g. vulkan.profile=valhall4"),
+    )):
+        f = decorator(f)
+    return f
+
+
 def _split_plugins(value: str) -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()] if value else []
 
 
-
-
 @main.command()
 @click.argument("model")
-@click.option("--plugins", default="", metavar="A,B", help="compression methods to apply, in this order (see `optc plugins`)")
-@click.option("--opt", "opts", multiple=True, metavar="M.FIELD=V", help="set a method option, e.g. lowrank.rank=16 (repeatable)")
-@click.option("--target", default="cpu", show_default=True, help="compile target (see `optc targets`)")
-@click.option("--target-opt", "target_opts", multiple=True, metavar="T.FIELD=V", help="set a target option, e.g. vulkan.profile=valhall4")
+@selection_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="artifact path; the report goes beside it as .json [default: MODEL_NAME.vmfb]")
 @click.option("--tolerance", type=float, default=None, help="max relative error of the artifact vs the compressed reference [default: 1e-4]")
 @click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), help="write the IR before each failing method here")
@@ -90,10 +97,7 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
 
 @main.command()
 @click.argument("model")
-@click.option("--plugins", default="", metavar="A,B", help="compression methods to apply, in this order (see `optc plugins`)")
-@click.option("--opt", "opts", multiple=True, metavar="M.FIELD=V", help="set a method option (repeatable)")
-@click.option("--target", default="cpu", show_default=True, help="compile target (see `optc targets`)")
-@click.option("--target-opt", "target_opts", multiple=True, metavar="T.FIELD=V", help="set a target option")
+@selection_options
 @click.option("--batch", type=int, default=None, help="batch size: replaces the first dimension of every input [default: the example inputs']")
 @click.option("--threads", type=int, default=2, show_default=True, help="threads for PyTorch and IREE alike")
 @click.option("--min-rounds", type=int, default=20, show_default=True, help="at least this many interleaved timing rounds")
@@ -115,7 +119,7 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     import torch
 
     from optc.api import parse_assignments
-    from optc.bench import format_table, set_threads, speedups, time_interleaved
+    from optc.bench import BURST, format_table, set_threads, speedups, time_interleaved
     from optc.driver import compile_model, load_and_lower, log, select
     from optc.errors import TargetUnavailableError
     from optc.report import compile_report, write_json_atomic
@@ -149,8 +153,9 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
         runners["compressed"] = lambda: comp_session.invoke(*inputs)
     log(f"timing {', '.join(runners)} interleaved")
     with torch.no_grad():
-        timings = time_interleaved(runners, min_rounds=min_rounds, min_seconds=min_seconds, progress=log)
+        timings = time_interleaved(runners, min_rounds=min_rounds, min_seconds=min_seconds, burst=BURST, progress=log)
     latency = {k: t.as_dict() for k, t in timings.items()}
+    rounds = len(timings["eager"].samples) // (BURST - 1)
     final = compressed or dense
     report = compile_report(final, None)
     report["kind"] = "bench"
@@ -159,7 +164,7 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     report["bench"] = {
         "batch": int(inputs[0].shape[0]) if inputs and inputs[0].ndim else None,
         "threads": threads,
-        "rounds": len(timings["eager"].samples),
+        "rounds": rounds,
         "latency_ms": latency,
         "speedup": sp,
         "flop_reduction": flop_reduction,

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from optc.bench import Timing, format_table, rebatch, speedups, time_interleaved
+from optc.bench import BURST, Timing, format_table, rebatch, speedups, time_interleaved
 from optc.errors import InputError
 from tests.conftest import optc_cli, vulkan_or_skip
 
@@ -13,10 +13,13 @@ from tests.conftest import optc_cli, vulkan_or_skip
 def test_runners_are_timed_round_robin_after_warmup():
     calls = []
     runners = {k: (lambda k=k: calls.append(k)) for k in ("eager", "dense", "compressed")}
-    t = time_interleaved(runners, warmup=2, min_rounds=5, min_seconds=0.0)
+    t = time_interleaved(runners, warmup=2, min_rounds=6, min_seconds=0.0, burst=2)
     assert calls[:6] == ["eager", "dense", "compressed"] * 2  # warm-up
-    assert calls[6:] == ["eager", "dense", "compressed"] * 5  # interleaved, A B C A B C …
-    assert all(len(x.samples) == 5 for x in t.values())
+    # interleaved in bursts of 2 (the first after a switch is untimed), each round
+    # rotated so no runner always follows the same one
+    rotation = ["eager", "dense", "compressed", "dense", "compressed", "eager", "compressed", "eager", "dense"]
+    assert calls[6:] == [n for n in rotation for _ in range(2)] * 2
+    assert all(len(x.samples) == 6 for x in t.values())
 
 
 def test_speedups_are_ratios_of_medians():
@@ -59,7 +62,7 @@ def test_bench_report_ratios_come_from_its_own_medians(bench_report):
     lat = b["latency_ms"]
     assert set(lat) == {"eager", "dense", "compressed"}
     for t in lat.values():
-        assert t["min"] <= t["median"] <= t["max"] and t["samples"] == b["rounds"]
+        assert t["min"] <= t["median"] <= t["max"] and t["samples"] == b["rounds"] * (BURST - 1)
     assert b["speedup"]["compressed_vs_dense"] == pytest.approx(lat["dense"]["median"] / lat["compressed"]["median"])
     assert b["speedup"]["dense_vs_eager"] == pytest.approx(lat["eager"]["median"] / lat["dense"]["median"])
     assert b["flop_reduction"] == pytest.approx(report["totals"]["macs_before"] / report["totals"]["macs_after"])
