@@ -115,7 +115,14 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
       optc bench --plugins lowrank --opt lowrank.rank=32 --batch 8 --threads 2 examples.models:mlp --json bench.json
     """
     import dataclasses
+    import os
 
+    # PyTorch's OpenMP workers busy-wait between parallel regions; next to IREE's
+    # task workers on a small machine that made eager 40x slower (LSTM: 560 ms
+    # median vs 12 ms passive). Both runtimes yield their cores here. It must be
+    # set before torch (and its OpenMP runtime) is first imported.
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from optc.api import parse_assignments
@@ -164,6 +171,7 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     report["bench"] = {
         "batch": int(inputs[0].shape[0]) if inputs and inputs[0].ndim else None,
         "threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "rounds": rounds,
         "latency_ms": latency,
         "speedup": sp,
@@ -260,7 +268,10 @@ def run(artifact, inputs, output, target):
         got = [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in arrays]
         if got != expected:
             raise InputError(f"inputs {_fmt(got)} do not match the artifact's inputs {_fmt(expected)}")
-    session = tgt.open(artifact.read_bytes(), options)
+    try:
+        session = tgt.open(artifact.read_bytes(), options)
+    except InputError as e:
+        raise InputError(f"{artifact}: {e}") from None
     outs = session(*arrays)
     if output is not None:
         buf = __import__("io").BytesIO()

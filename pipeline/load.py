@@ -92,9 +92,12 @@ def load_model(spec: str, *, trust: bool = False, input_shapes: Sequence[str] = 
         is_zip = zipfile.is_zipfile(path)
     except OSError as e:
         raise LoadError(f"cannot read {spec}: {e.strerror}") from None
+    with open(path, "rb") as f:
+        head = f.read(30)
+        first_name = f.read(int.from_bytes(head[26:28], "little")) if head[:4] == b"PK\x03\x04" else b""
+    if head[:4] == b"PK\x03\x04" and not is_zip:
+        raise LoadError(f"{spec} is a corrupt or truncated archive (no zip directory)")
     if not is_zip:
-        with open(path, "rb") as f:
-            head = f.read(2)
         if head[:1] == b"\x80":  # legacy (non-zip) torch.save / pickle
             return _load_pickle(path, trust, input_shapes)
         raise LoadError(
@@ -105,6 +108,10 @@ def load_model(spec: str, *, trust: bool = False, input_shapes: Sequence[str] = 
         names = zipfile.ZipFile(path).namelist()
     except (zipfile.BadZipFile, OSError) as e:
         raise LoadError(f"{spec} is a corrupt or truncated archive: {e}") from None
+    if first_name and first_name.decode(errors="replace") not in names:
+        # The outer zip's directory is missing and zipfile found a zip stored inside
+        # it (torch.export stores sample inputs as an uncompressed zip).
+        raise LoadError(f"{spec} is a corrupt or truncated archive (its zip directory does not match its entries)")
     if any(n.endswith("/archive_format") for n in names):
         return _load_export_archive(path, names, trust, input_shapes)
     if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):

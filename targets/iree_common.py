@@ -42,7 +42,11 @@ class IreeSession(Session):
 
         self.config = rt.Config(driver)
         self.context = rt.SystemContext(config=self.config)
-        self.context.add_vm_module(rt.VmModule.copy_buffer(self.context.instance, vmfb))
+        try:
+            module = rt.VmModule.copy_buffer(self.context.instance, vmfb)
+        except ValueError as e:
+            raise InputError(f"not an IREE module (.vmfb): {str(e).splitlines()[0][:200]}") from None
+        self.context.add_vm_module(module)
         module = self.context.modules.module
         try:
             self._fn = module[func]
@@ -66,5 +70,6 @@ class IreeSession(Session):
         try:
             raw = self.invoke(*inputs)
         except ValueError as e:
-            raise InputError(f"inputs do not fit the compiled module: {e}") from None
+            detail = str(e).splitlines()[0].split("; while ")[0]
+            raise InputError(f"inputs do not fit the compiled module: {detail}") from None
         return self.fetch(raw)
