@@ -47,9 +47,11 @@ def main() -> None:
     ap.add_argument("--sets", default="", help="comma-separated names of FLAG_SETS to run (default all)")
     args = ap.parse_args()
 
+    from optc.bench import passive_openmp, set_threads, time_interleaved
+
+    passive_openmp()  # as optc bench does, before torch is imported
     import torch
 
-    from optc.bench import set_threads, time_interleaved
     from optc.driver import load_and_lower, log
     from optc.errors import CompileError
     from optc.targets.cpu import CpuOptions, CpuTarget

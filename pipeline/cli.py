@@ -115,18 +115,13 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
       optc bench --plugins lowrank --opt lowrank.rank=32 --batch 8 --threads 2 examples.models:mlp --json bench.json
     """
     import dataclasses
-    import os
 
-    # PyTorch's OpenMP workers busy-wait between parallel regions; next to IREE's
-    # task workers on a small machine that made eager 40x slower (LSTM: 560 ms
-    # median vs 12 ms passive). Both runtimes yield their cores here. It must be
-    # set before torch (and its OpenMP runtime) is first imported.
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from optc.bench import BURST, format_table, passive_openmp, set_threads, speedups, time_interleaved
+
+    omp_policy = passive_openmp()  # before torch is imported
     import torch
 
     from optc.api import parse_assignments
-    from optc.bench import BURST, format_table, set_threads, speedups, time_interleaved
     from optc.driver import compile_model, load_and_lower, log, select
     from optc.errors import TargetUnavailableError
     from optc.report import compile_report, write_json_atomic
@@ -171,7 +166,7 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     report["bench"] = {
         "batch": int(inputs[0].shape[0]) if inputs and inputs[0].ndim else None,
         "threads": threads,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "omp_wait_policy": omp_policy,
         "rounds": rounds,
         "latency_ms": latency,
         "speedup": sp,

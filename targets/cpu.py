@@ -12,13 +12,17 @@ from optc.program import Program
 from optc.targets.iree_common import IreeSession, compile_program
 
 # Measured, not guessed: eager ÷ IREE latency at batch 1, 2 threads, one process,
-# interleaved (benchmarks/cpu_flags.py, 2026-11-23, this 2-core machine):
-#                          resnet18  mobilenetv2  lstm  bert
-#   im2col+tiling+O3          0.79      0.76      0.56  0.75
-#   + aggressive fusion       0.90      0.91      0.82  1.10
-#   + ukernels                0.88      1.03      0.93  1.17
-#   + conv channels-last      0.93      0.97      1.06  1.16
-# Run-to-run noise is about ±0.1; the last row is the most even across models.
+# interleaved with rotation and passive OpenMP (benchmarks/cpu_flags.py,
+# 2026-11-23, this 2-core machine):
+#                                  resnet18  mobilenetv2  lstm  bert
+#   im2col + data tiling + O3        1.02       1.08      1.05  1.15
+#   + aggressive fusion              1.04       1.06      1.11  1.17
+#   + ukernels + aggressive fusion   0.95       1.13      1.13  1.12
+#   all of the below (default)       0.96       1.09      0.98  1.11
+# The rows differ by less than the run-to-run noise (about ±0.1). Without
+# im2col ResNet-18 ran ~10x slower than eager (DESIGN.md). An earlier sweep that
+# timed in a fixed order (eager first) made the row after eager look 20-40%
+# slower: that was PyTorch's spinning OpenMP workers, not the flags.
 _CHANNELS_LAST = "builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))"
 FAST_FLAGS = (
     "--iree-global-opt-use-im2col-for-convs",
