@@ -61,7 +61,6 @@ def main() -> None:
     for m in ROW.finditer(stats):
         name, count, total, unit = m.group(1), int(m.group(2)), float(m.group(3)), m.group(4)
         rows.append((name, count, total * UNIT[unit]))
-    runs = max(c for _, c, _ in rows) if rows else 1  # the busiest entry point runs once per dispatch per inference
     invocations = next((int(x) for x in re.findall(r"dispatch\s+count=(\d+)", stats)), 0)
     total = sum(r[2] for r in rows)
     print(f"{args.model}, batch {args.batch}, {args.threads} threads; flags: {' '.join(CpuTarget().flags(opts))}")

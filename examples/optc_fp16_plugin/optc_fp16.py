@@ -31,7 +31,6 @@ class Fp16(Method):
     Options = Fp16Options
 
     def apply(self, program: Program, options: Fp16Options, ctx: MethodContext) -> MethodResult:
-        from torch_mlir import ir
         from torch_mlir.dialects import arith
 
         result = MethodResult(self.name)

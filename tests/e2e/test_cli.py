@@ -44,7 +44,6 @@ def test_run_reproduces_the_compressed_reference(compiled, tmp_path):
     optc_cli("run", str(out), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"), check=True)
     y = np.load(tmp_path / "y.npy")
     # rebuild the compressed reference in PyTorch from the report's own method
-    from examples.models import mlp
     from optc.api import MethodContext
     from optc.plugins.lowrank import LowRank, LowRankOptions
     from optc.verify import eager_outputs, with_weights
