@@ -52,12 +52,10 @@ def choose_rank(singular_values: np.ndarray, options: LowRankOptions, k: int = 0
     return int(min(full, np.searchsorted(energy / energy[-1], options.energy - 1e-12) + 1))
 
 
-def factor(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """``matrix`` (K×N) ≈ A (K×r) · B (r×N) by truncated SVD, in float64 for accuracy."""
-    u, s, vt = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
-    a = (u[:, :rank] * s[:rank]).astype(matrix.dtype)
-    b = vt[:rank].astype(matrix.dtype)
-    return a, b
+def factor(svd: tuple[np.ndarray, np.ndarray, np.ndarray], rank: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """K×N ≈ A (K×r) · B (r×N) from the matrix's (float64) SVD."""
+    u, s, vt = svd
+    return (u[:, :rank] * s[:rank]).astype(dtype), vt[:rank].astype(dtype)
 
 
 class LowRank(Method):
@@ -88,14 +86,15 @@ class LowRank(Method):
             if first.batch_shared:
                 matrix = matrix[0]
             k, n = matrix.shape
-            s = np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
+            svd = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)  # float64 for accuracy
+            s = svd[1]
             r = choose_rank(s, options, k, n)
             if r * (k + n) >= k * n and not options.force:
                 result.changes.append(
                     LayerChange(layer, f"skipped: rank {r} would not reduce FLOPs ({r}·({k}+{n}) ≥ {k}·{n})", {"rank": r})
                 )
                 continue
-            a, b = factor(matrix, r)
+            a, b = factor(svd, r, matrix.dtype)
             a_val = program.constant(f"{param}.lowrank_in", a, origin=layer)
             b_val = program.constant(f"{param}.lowrank_out", b, origin=layer)
             for w in uses:
