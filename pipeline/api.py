@@ -122,7 +122,7 @@ class Target:
     def compile(self, program: "Program", options: Any) -> Artifact:
         raise NotImplementedError
 
-    def open(self, artifact_vmfb: bytes, options: Any, threads: int | None = None) -> Session:
+    def open(self, artifact_vmfb: bytes, options: Any) -> Session:
         raise NotImplementedError
 
 

@@ -148,10 +148,10 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     torch_inputs = [torch.from_numpy(x) for x in inputs]
     module = lowered[0].module
     runners = {"eager": lambda: module(*torch_inputs)}
-    dense_session = sel.target.open(dense.artifact.vmfb, sel.target_options, threads)
+    dense_session = sel.target.open(dense.artifact.vmfb, sel.target_options)
     runners["dense"] = lambda: dense_session.invoke(*inputs)
     if compressed is not None:
-        comp_session = sel.target.open(compressed.artifact.vmfb, sel.target_options, threads)
+        comp_session = sel.target.open(compressed.artifact.vmfb, sel.target_options)
         runners["compressed"] = lambda: comp_session.invoke(*inputs)
     log(f"timing {', '.join(runners)} interleaved")
     with torch.no_grad():

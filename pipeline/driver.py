@@ -125,7 +125,6 @@ def compile_model(
     *,
     trust: bool = False,
     input_shapes: Sequence[str] = (),
-    batch: int | None = None,
     tolerance: float | None = None,
     dump_dir: Path | None = None,
     loaded_and_lowered: tuple[Any, Any] | None = None,
@@ -135,7 +134,7 @@ def compile_model(
     from optc.errors import VerifyError
     from optc.verify import DEFAULT_TOLERANCE, verify
 
-    loaded, original = loaded_and_lowered or load_and_lower(model_spec, trust, input_shapes, batch)
+    loaded, original = loaded_and_lowered or load_and_lower(model_spec, trust, input_shapes)
     program = original.clone()
     results = apply_methods(program, sel.methods, MethodContext(dump_dir=dump_dir), progress=log)
     log(f"compiling for {sel.target.name}")

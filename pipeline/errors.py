@@ -2,6 +2,12 @@
 any other exception is a bug and keeps its traceback."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (tool errors span many lines)."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
 class OptcError(Exception):
     """Base of all user-facing errors."""
 

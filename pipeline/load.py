@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from optc.errors import InputError, LoadError
+from optc.errors import InputError, LoadError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +44,7 @@ class Model:
             try:
                 self.exported = torch.export.export(self.module, self.example_inputs)
             except Exception as e:  # torch raises many types here
-                raise LoadError(f"torch.export failed for {self.source}: {_first_line(e)}") from None
+                raise LoadError(f"torch.export failed for {self.source}: {first_line(e)}") from None
         return self.exported
 
 
@@ -124,11 +124,6 @@ def load_model(spec: str, *, trust: bool = False, input_shapes: Sequence[str] = 
     raise LoadError(f"{spec} is a zip file but not a torch.export archive or a torch.save file")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
-
-
 def _load_export_archive(path: Path, names: list[str], trust: bool, input_shapes: Sequence[str]) -> Model:
     import torch
 
@@ -142,7 +137,7 @@ def _load_export_archive(path: Path, names: list[str], trust: bool, input_shapes
     try:
         ep = torch.export.load(str(path))
     except Exception as e:
-        raise LoadError(f"{path} is a corrupt or truncated torch.export archive: {_first_line(e)}") from None
+        raise LoadError(f"{path} is a corrupt or truncated torch.export archive: {first_line(e)}") from None
     if input_shapes:
         inputs = make_inputs(input_shapes)
     else:
@@ -189,7 +184,7 @@ def _load_pickle(path: Path, trust: bool, input_shapes: Sequence[str]) -> Model:
     try:
         obj = torch.load(str(path), weights_only=False)
     except Exception as e:
-        raise LoadError(f"cannot unpickle {path}: {_first_line(e)}") from None
+        raise LoadError(f"cannot unpickle {path}: {first_line(e)}") from None
     if not isinstance(obj, torch.nn.Module):
         raise LoadError(f"{path} holds a {type(obj).__name__}, not an nn.Module (a state_dict needs its model class)")
     if not input_shapes:

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from optc.errors import LowerError
-from optc.load import Model, _first_line
+from optc.errors import LowerError, first_line
+from optc.load import Model
 from optc.program import Program
 
 _ILLEGAL_OP_RES = (
@@ -98,7 +98,7 @@ def lower(model: Model) -> Program:
     try:
         ep = ep.run_decompositions(get_decomposition_table())
     except Exception as e:
-        raise LowerError(f"decomposing {model.source} failed: {_first_line(e)}") from None
+        raise LowerError(f"decomposing {model.source} failed: {first_line(e)}") from None
     names = {id(t): k for k, t in ep.state_dict.items()}
     names.update({id(t): k for k, t in ep.constants.items()})
     hooks = _naming_hooks(names)
@@ -111,6 +111,6 @@ def lower(model: Model) -> Program:
         op = unlowerable_op(text)
         if op:
             raise LowerError(f"cannot lower op {op} of {model.source} to linalg (torch-mlir has no lowering for it)") from None
-        raise LowerError(f"lowering {model.source} to linalg failed: {_first_line(e)}") from None
+        raise LowerError(f"lowering {model.source} to linalg failed: {first_line(e)}") from None
     inputs = tuple(np.ascontiguousarray(t.detach().cpu().numpy()) for t in model.example_inputs)
     return Program(module=module, params=dict(hooks.params), example_inputs=inputs)

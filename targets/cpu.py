@@ -18,7 +18,7 @@ from optc.targets.iree_common import IreeSession, compile_program
 #   im2col + data tiling + O3        1.02       1.08      1.05  1.15
 #   + aggressive fusion              1.04       1.06      1.11  1.17
 #   + ukernels + aggressive fusion   0.95       1.13      1.13  1.12
-#   all of the below (default)       0.96       1.09      0.98  1.11
+#   + channels-last (all: default)   0.96       1.09      0.98  1.11
 # The rows differ by less than the run-to-run noise (about ±0.1). Without
 # im2col ResNet-18 ran ~10x slower than eager (DESIGN.md). An earlier sweep that
 # timed in a fixed order (eager first) made the row after eager look 20-40%
@@ -55,7 +55,7 @@ class CpuTarget(Target):
     def compile(self, program: Program, options: Any) -> Artifact:
         return compile_program(program, self.name, "llvm-cpu", self.flags(options), options)
 
-    def open(self, artifact_vmfb: bytes, options: Any, threads: int | None = None) -> Session:
+    def open(self, artifact_vmfb: bytes, options: Any) -> Session:
         return IreeSession(artifact_vmfb, "local-task")
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from optc.api import Artifact, Session
-from optc.errors import CompileError, InputError
+from optc.errors import CompileError, InputError, first_line
 from optc.program import Program
 
 
@@ -23,7 +23,7 @@ def compile_program(
         vmfb = ic.compile_str(program.to_bytecode(), target_backends=[backend], extra_args=list(flags))
     except ic.CompilerToolError as e:
         lines = [ln for ln in str(e).splitlines() if "error:" in ln]
-        detail = lines[0].strip() if lines else str(e).splitlines()[0]
+        detail = lines[0].strip() if lines else first_line(e)
         raise CompileError(f"IREE {backend} compile failed: {detail}") from None
     return Artifact(target=target, vmfb=vmfb, options=options, compile_seconds=time.perf_counter() - start)
 
@@ -45,7 +45,7 @@ class IreeSession(Session):
         try:
             module = rt.VmModule.copy_buffer(self.context.instance, vmfb)
         except ValueError as e:
-            raise InputError(f"not an IREE module (.vmfb): {str(e).splitlines()[0][:200]}") from None
+            raise InputError(f"not an IREE module (.vmfb): {first_line(e)[:200]}") from None
         self.context.add_vm_module(module)
         module = self.context.modules.module
         try:
@@ -70,6 +70,6 @@ class IreeSession(Session):
         try:
             raw = self.invoke(*inputs)
         except ValueError as e:
-            detail = str(e).splitlines()[0].split("; while ")[0]
+            detail = first_line(e).split("; while ")[0]
             raise InputError(f"inputs do not fit the compiled module: {detail}") from None
         return self.fetch(raw)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from optc.api import Artifact, Session, Target, option
+from optc.errors import first_line
 from optc.hookspecs import hookimpl
 from optc.program import Program, as_value, shape_of
 from optc.targets.iree_common import IreeSession, compile_program
@@ -76,7 +77,7 @@ def _probe() -> tuple[bool, str]:
         driver = rt.get_driver("vulkan")
         devices = driver.query_available_devices()
     except Exception as e:  # the driver raises RuntimeError/ValueError variants
-        return False, f"no Vulkan driver ({str(e).splitlines()[0]}); install mesa-vulkan-drivers and libvulkan1"
+        return False, f"no Vulkan driver ({first_line(e)}); install mesa-vulkan-drivers and libvulkan1"
     if not devices:
         return False, "no Vulkan device found; install mesa-vulkan-drivers (lavapipe) or a GPU driver"
     return True, ""
@@ -108,7 +109,7 @@ class VulkanTarget(Target):
         rewrite_depthwise_nchw_to_nhwc(program)
         return compile_program(program, self.name, "vulkan-spirv", self.flags(options), options)
 
-    def open(self, artifact_vmfb: bytes, options: Any, threads: int | None = None) -> Session:
+    def open(self, artifact_vmfb: bytes, options: Any) -> Session:
         return IreeSession(artifact_vmfb, "vulkan", fetch=_fetch_via_staging)
 
 
