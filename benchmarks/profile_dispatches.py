@@ -1,11 +1,13 @@
-"""Per-dispatch CPU profile of a model's dense IREE compile: which dispatches
-take the time, and how many dispatches one inference launches.
+"""Per-dispatch CPU profile of a model's IREE compile (dense, or compressed with
+--plugins/--opt): which dispatches take the time, and how many dispatches one
+inference launches.
 
 Compiles MODEL with the cpu target (default flags, plus any --flag), runs it
 under `iree-benchmark-module` with HAL host-execution profiling, and prints
 the top dispatches from `iree-profile statistics`.
 
     .venv/bin/python benchmarks/profile_dispatches.py examples.reference_models:lstm [--threads 2] [--top 15] [--flag=...]
+        [--plugins bcr --opt bcr.block=512 ...]
 """
 
 from __future__ import annotations
@@ -33,14 +35,20 @@ def main() -> None:
     ap.add_argument("--repetitions", type=int, default=20)
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--flag", action="append", default=[], help="extra IREE compiler flag (repeatable)")
+    ap.add_argument("--plugins", default="", help="compression methods to apply first, as for optc compile")
+    ap.add_argument("--opt", action="append", default=[], help="method option M.FIELD=V (repeatable)")
     args = ap.parse_args()
 
     import numpy as np
 
-    from optc.driver import load_and_lower
+    from optc.api import MethodContext, parse_assignments
+    from optc.driver import apply_methods, load_and_lower, select
     from optc.targets.cpu import CpuOptions, CpuTarget
 
+    methods = [p for p in args.plugins.split(",") if p]
+    sel = select(methods, "cpu", parse_assignments(args.opt, "--opt"), {})
     _, program = load_and_lower(args.model, False, (), args.batch)
+    apply_methods(program, sel.methods, MethodContext())
     opts = CpuOptions(flags=tuple(args.flag))
     art = CpuTarget().compile(program, opts)
     bin_dir = Path(sys.executable).parent

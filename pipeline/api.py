@@ -7,17 +7,19 @@ its metadata and a default, and the CLI sets fields with ``--opt NAME.FIELD=VALU
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
 
 from optc.errors import OptionError, UnknownNameError
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from optc.calibration import Calibration
     from optc.program import Program
 
 
@@ -65,8 +67,27 @@ class MethodResult:
 class MethodContext:
     """What the pipeline hands every method besides the program."""
 
-    calibration: dict[str, "np.ndarray"] | None = None
+    calibration: "Calibration | None" = None  # from --calib: per-layer input statistics
     dump_dir: Path | None = None
+
+
+class LayerStructure(Protocol):
+    """The sparsity a method imposed on one layer, published in
+    ``Program.structures[layer]`` so a later method (admm) can re-solve the
+    weights inside it. Matrices are out×in (``WeightedOp.matrix``)."""
+
+    method: str
+    matrix: "np.ndarray"  # the dense out×in weights the structure was chosen on
+
+    def to_param(self, matrix: "np.ndarray") -> "np.ndarray":
+        """An out×in matrix in the original parameter's layout (for reference weights)."""
+
+    def mask(self) -> "np.ndarray":
+        """Boolean out×in: which weights the structure keeps."""
+
+    def store(self, program: "Program", matrix: "np.ndarray", quantized: Any = None) -> None:
+        """Write new weights (zero outside the mask) into the rewritten program;
+        ``quantized`` (an ``optc.quant.Quantized`` of ``matrix``) stores them narrow."""
 
 
 class Method:
@@ -127,6 +148,13 @@ class Target:
 
 
 # --------------------------------------------------------------------------- options
+
+
+def layer_selected(layer: str, layers: Sequence[str], skip: Sequence[str]) -> bool:
+    """A method's ``layers``/``skip`` fnmatch patterns: in ``layers`` (all when empty) and not in ``skip``."""
+    if layers and not any(fnmatch.fnmatchcase(layer, p) for p in layers):
+        return False
+    return not any(fnmatch.fnmatchcase(layer, p) for p in skip)
 
 
 def option_fields(options_cls: type) -> list[dataclasses.Field]:

@@ -47,6 +47,10 @@ def model_options(f):
     return f
 
 
+def calib_option(f):
+    return click.option("--calib", type=click.Path(dir_okay=False, path_type=Path), metavar="DATA.npz", help="calibration samples for data-driven methods (admm; activation-aware bcr): x = inputs, batch first")(f)
+
+
 def selection_options(f):
     """--plugins/--opt/--target/--target-opt, shared by compile and bench."""
     for decorator in reversed((
@@ -69,14 +73,17 @@ def _split_plugins(value: str) -> list[str]:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="artifact path; the report goes beside it as .json [default: MODEL_NAME.vmfb]")
 @click.option("--tolerance", type=float, default=None, help="max relative error of the artifact vs the compressed reference [default: 1e-4]")
 @click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), help="write the IR before each failing method here")
+@calib_option
+@click.option("--eval", "eval_data", type=click.Path(dir_okay=False, path_type=Path), metavar="DATA.npz", help="labelled samples (x, y): report top-1 of the original model, the compressed reference and the artifact")
 @model_options
-def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_ir, trust, input_shapes):
+def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_ir, calib, eval_data, trust, input_shapes):
     """Compress MODEL with --plugins, compile it for --target, verify it, and write
     the artifact (.vmfb) and its report (.json).
 
     \b
     Example:
       optc compile --plugins lowrank --opt lowrank.energy=0.8 --target cpu model.pt2 -o model.vmfb
+      optc compile --plugins bcr,admm --calib calib.npz --eval test.npz model.pt2 -o model.vmfb
     """
     from optc.api import parse_assignments
     from optc.driver import compile_model, select
@@ -88,7 +95,9 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
     out = output or Path(Path(model.split(":")[-1]).stem + ".vmfb")
     if out.suffix != ".vmfb":
         raise InputError(f"-o {out}: the artifact name must end in .vmfb")
-    compiled = compile_model(model, sel, trust=trust, input_shapes=input_shapes, tolerance=tolerance, dump_dir=dump_ir)
+    compiled = compile_model(
+        model, sel, trust=trust, input_shapes=input_shapes, tolerance=tolerance, dump_dir=dump_ir, calib=calib, eval_data=eval_data
+    )
     report = compile_report(compiled, str(out))
     write_bytes_atomic(out, compiled.artifact.vmfb)
     write_json_atomic(out.with_suffix(".json"), report)
@@ -104,8 +113,9 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
 @click.option("--min-seconds", type=float, default=3.0, show_default=True, help="and at least this much timing work")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="write the bench report (JSON) here")
 @click.option("--tolerance", type=float, default=None, help="max relative error of the artifacts vs their references [default: 1e-4]")
+@calib_option
 @model_options
-def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds, min_seconds, json_out, tolerance, trust, input_shapes):
+def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds, min_seconds, json_out, tolerance, calib, trust, input_shapes):
     """Measure PyTorch eager, the dense IREE compile and the compressed IREE compile
     of MODEL side by side (same process, same threads, interleaved rounds), and
     print latency medians, speedups, FLOP reduction and realized efficiency.
@@ -143,7 +153,7 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     compressed = None
     if sel.methods:
         log("compressed compile")
-        compressed = compile_model(model, sel, tolerance=tolerance, loaded_and_lowered=lowered)
+        compressed = compile_model(model, sel, tolerance=tolerance, loaded_and_lowered=lowered, calib=calib)
     inputs = dense.program.example_inputs
     torch_inputs = [torch.from_numpy(x) for x in inputs]
     module = lowered[0].module
@@ -217,6 +227,12 @@ def _print_summary(report: dict) -> None:
         f"verified   artifact vs compressed reference: max rel err {v['compile_error']['max_rel']:.2e} "
         f"(tolerance {v['tolerance']:g}); compression vs original: {v['compression_error']['max_rel']:.2e}"
     )
+    if "accuracy" in report:
+        a = report["accuracy"]
+        click.echo(
+            f"top-1      original {100 * a['original']:.2f}%, compressed reference {100 * a['compressed_reference']:.2f}%, "
+            f"artifact {100 * a['artifact']:.2f}% ({a['samples']} samples of {a['path']})"
+        )
 
 
 @main.command()
@@ -289,14 +305,11 @@ def _fmt(sig: list[dict]) -> str:
 def _read_inputs(paths: Sequence[Path]) -> list:
     import numpy as np
 
+    from optc.calibration import read_arrays
+
     arrays = []
     for p in paths:
-        if not p.exists():
-            raise InputError(f"input file not found: {p}")
-        try:
-            data = np.load(p, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise InputError(f"{p} is not a .npy/.npz array file: {e}") from None
+        data = read_arrays(p, f"input file {p}")
         if isinstance(data, np.lib.npyio.NpzFile):
             keys = sorted(data.files, key=lambda k: (len(k), k))
             arrays.extend(data[k] for k in keys)

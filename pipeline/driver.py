@@ -117,6 +117,8 @@ class Compiled:
     artifact: Artifact
     verification: Any
     verified_with: str
+    calibration: dict[str, Any] | None = None  # {"path", "samples"}
+    accuracy: dict[str, Any] | None = None  # top-1 on --eval: original, compressed reference, artifact
 
 
 def compile_model(
@@ -128,15 +130,26 @@ def compile_model(
     tolerance: float | None = None,
     dump_dir: Path | None = None,
     loaded_and_lowered: tuple[Any, Any] | None = None,
+    calib: Path | None = None,
+    eval_data: Path | None = None,
 ) -> Compiled:
-    """load -> lower -> methods -> compile -> run -> verify. Raises VerifyError
-    when the artifact does not reproduce the compressed reference."""
+    """load -> lower -> methods -> compile -> run -> verify (-> evaluate on
+    ``eval_data``). Raises VerifyError when the artifact does not reproduce the
+    compressed reference."""
+    from optc.calibration import Calibration, load_samples
     from optc.errors import VerifyError
     from optc.verify import DEFAULT_TOLERANCE, verify
 
+    needing = [m.name for m, _ in sel.methods if m.needs_calibration]
+    if needing and calib is None:
+        raise MethodError(f"method {needing[0]!r} needs calibration data: pass --calib data.npz (arrays x: inputs, batch first)")
     loaded, original = loaded_and_lowered or load_and_lower(model_spec, trust, input_shapes)
+    examples = original.example_inputs
+    samples = load_samples(calib, examples, "--calib") if calib is not None else None
+    evaluation = load_samples(eval_data, examples, "--eval", need_labels=True) if eval_data is not None else None
     program = original.clone()
-    results = apply_methods(program, sel.methods, MethodContext(dump_dir=dump_dir), progress=log)
+    ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir)
+    results = apply_methods(program, sel.methods, ctx, progress=log)
     log(f"compiling for {sel.target.name}")
     artifact = sel.target.compile(program, sel.target_options)
     runnable, why = sel.target.runs_here(sel.target_options)
@@ -148,17 +161,42 @@ def compile_model(
         checked = sel.target.compile(program, checked_options)
         verified_with = f"a portable build {options_dict(checked_options)} ({why})"
     log("running it and PyTorch eager on the example inputs")
-    outputs = sel.target.open(checked.vmfb, checked_options)(*program.example_inputs)
-    check = verify(
-        loaded.module, merged_reference_weights(results), outputs, program.example_inputs,
-        tolerance if tolerance is not None else DEFAULT_TOLERANCE,
-    )
+    session = sel.target.open(checked.vmfb, checked_options)
+    outputs = session(*program.example_inputs)
+    reference = merged_reference_weights(results)
+    check = verify(loaded.module, reference, outputs, program.example_inputs, tolerance if tolerance is not None else DEFAULT_TOLERANCE)
     if not check.passed:
         raise VerifyError(
             f"the artifact differs from the compressed reference: max relative error "
             f"{check.compile_error.max_rel:.3g} > tolerance {check.tolerance:g} (raise it with --tolerance)"
         )
-    return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with)
+    accuracy = _accuracy(loaded.module, reference, session, evaluation, len(examples[0])) if evaluation is not None else None
+    calibration = {"path": str(calib), "samples": len(samples)} if samples is not None else None
+    return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with, calibration, accuracy)
+
+
+def _host_runner(program: Any) -> Callable[..., list[np.ndarray]]:
+    """Compile ``program`` for this CPU and open it (calibration probes)."""
+    cpu = load_registry().target("cpu")
+    options = build_options("cpu", cpu.Options, {})
+    return cpu.open(cpu.compile(program, options).vmfb, options)
+
+
+def _accuracy(module: Any, reference: dict[str, np.ndarray], session: Any, samples: Any, batch: int) -> dict[str, Any]:
+    """Top-1 of the original model and the compressed reference (PyTorch eager) and
+    of the artifact, on the labelled ``samples``."""
+    from optc.calibration import top1
+    from optc.verify import eager_outputs, with_weights
+
+    log(f"evaluating top-1 on {len(samples)} samples")
+    compressed = with_weights(module, reference)
+    return {
+        "path": str(samples.path),
+        "samples": len(samples),
+        "original": top1(lambda xs: eager_outputs(module, xs)[0], samples, batch),
+        "compressed_reference": top1(lambda xs: eager_outputs(compressed, xs)[0], samples, batch),
+        "artifact": top1(lambda xs: session(*xs)[0], samples, batch),
+    }
 
 
 def load_and_lower(model_spec: str, trust: bool, input_shapes: Sequence[str], batch: int | None = None) -> tuple[Any, Any]:

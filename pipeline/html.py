@@ -177,7 +177,22 @@ def _summary_rows(report: Mapping[str, Any]) -> list[Row]:
     inputs = [i for i in _list(report.get("inputs")) if isinstance(i, Mapping)]
     if inputs:
         rows.append(("Inputs", ", ".join(f"{_shape(i.get('shape'))} {_esc(i.get('dtype', ''))}" for i in inputs)))
+    calib = _dict(report.get("calibration"))
+    if calib:
+        rows.append(("Calibration", f"{_int(calib.get('samples'))} samples <span class=\"sub\">{_esc(calib.get('path', ''))}</span>"))
+    acc = _dict(report.get("accuracy"))
+    if acc:
+        rows.append((
+            "Top-1",
+            " → ".join(f"{_esc(label)} {_percent(acc.get(key))}" for key, label in
+                       (("original", "original"), ("compressed_reference", "compressed reference"), ("artifact", "artifact")))
+            + f" <span class=\"sub\">{_int(acc.get('samples'))} samples of {_esc(acc.get('path', ''))}</span>",
+        ))
     return rows
+
+
+def _percent(v: Any) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "?"
 
 
 def _verification_rows(ver: Mapping[str, Any]) -> list[Row]:

@@ -34,6 +34,7 @@ CONTRACTIONS: dict[str, Callable[[list[tuple[int, ...]]], int]] = {
 }
 # Ops that only move or broadcast a weight on its way to a contraction.
 _VIEW_OPS = ("linalg.transpose", "tensor.expand_shape", "tensor.collapse_shape", "linalg.broadcast", "linalg.generic", "arith.extf")
+DEQUANT_TAG = "optc.dequantize"  # marks the generic that widens a narrow stored weight
 # Side-effect-free ops that may be erased once nothing uses them.
 _PURE_PREFIXES = ("arith.", "linalg.", "tensor.", "math.")
 
@@ -78,8 +79,12 @@ def _is_dim(expr: Any) -> bool:
 
 
 def _generic_view(op: ir.Operation) -> tuple[str, Any] | None:
-    """A ``linalg.generic`` that only copies/broadcasts/permutes its single input."""
+    """A ``linalg.generic`` that only copies/broadcasts/permutes its single input,
+    or one that dequantizes a narrow stored weight (built by ``_Builder.dequantize``)."""
     gen = op.opview
+    if DEQUANT_TAG in op.attributes:
+        bits, _, axis = ir.StringAttr(op.attributes[DEQUANT_TAG]).value.partition(":")
+        return "dequant", (int(bits), int(axis) if axis else None, shape_of(op.results[0]))
     if len(gen.inputs) != 1 or len(gen.outputs) != 1:
         return None
     body = gen.regions[0].blocks[0]
@@ -131,6 +136,9 @@ def apply_view(array: np.ndarray, chain: list[tuple[str, Any]]) -> np.ndarray:
             array = np.broadcast_to(a, shape)
         elif kind == "cast":
             array = array.astype(_NUMPY_OF_MLIR[arg])
+        elif kind == "dequant":  # levels only: the scales live in their own constant
+            bits, axis, shape = arg
+            array = (unpack_int4(array, axis) if bits == 4 else array).astype(np.float32).reshape(shape)
     return np.ascontiguousarray(array)
 
 
@@ -158,6 +166,8 @@ def unapply_view(operand: np.ndarray, chain: list[tuple[str, Any]], param_shape:
             array = array[tuple(slice(None) if d in present else 0 for d in range(array.ndim))]
             order = sorted(range(len(dims)), key=lambda i: dims[i])
             array = array.transpose(np.argsort(order))
+        elif kind == "dequant":
+            raise ValueError("a quantized weight has no float parameter layout to map back to")
         # "cast": the reference keeps the widened dtype the op computes with
     return np.ascontiguousarray(array.reshape(param_shape))
 
@@ -182,6 +192,37 @@ class WeightedOp:
         """A batch_matmul whose weight is one matrix broadcast over the batch."""
         return self.kind == "batch_matmul" and bool(self.chain) and self.chain[-1][0] in ("broadcast", "generic_broadcast")
 
+    def matrix_form(self) -> str | None:
+        """Why this op's weight has no out×in matrix view, or None when it has one:
+        a linear/LSTM matmul ``x·Wᵀ`` (the weight as right operand, shared over a
+        batch) or an NCHW convolution viewed as OC×(IC·KH·KW)."""
+        if self.kind == "conv2d":
+            return None if self.op.name == "linalg.conv_2d_nchw_fchw" else f"{self.op.name} (only NCHW convolutions)"
+        if self.kind not in ("matmul", "batch_matmul"):
+            return f"{self.kind} (no out×in matrix view)"
+        if self.operand_index != 1:
+            return "the weight is the left operand of its matmul"
+        if self.kind == "batch_matmul" and not self.batch_shared:
+            return "a batch_matmul with a different weight per batch"
+        return None
+
+    def matrix(self, param: np.ndarray) -> np.ndarray:
+        """The weight as an out×in matrix (rows = outputs), from the parameter array."""
+        operand = apply_view(param, self.chain)
+        if self.kind == "conv2d":
+            return operand.reshape(operand.shape[0], -1)
+        return (operand[0] if self.batch_shared else operand).T
+
+    def from_matrix(self, matrix: np.ndarray, param_shape: tuple[int, ...]) -> np.ndarray:
+        """The inverse of :meth:`matrix`: an out×in matrix back in the parameter's layout."""
+        if self.kind == "conv2d":
+            operand = matrix.reshape(self.weight_shape)
+        elif self.batch_shared:
+            operand = np.broadcast_to(matrix.T, self.weight_shape)
+        else:
+            operand = matrix.T
+        return unapply_view(np.ascontiguousarray(operand), self.chain, param_shape)
+
 
 @dataclass
 class LayerStats:
@@ -205,6 +246,9 @@ class Program:
     origin: dict[str, str] = field(default_factory=dict)  # param -> the original layer it came from
     layer_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # original parameter shapes
     func_name: str = "main"
+    # Structure a method imposed on a layer, for the methods after it (bcr's
+    # blocks, which admm then solves for): layer -> a method-defined record.
+    structures: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, array in self.params.items():
@@ -286,6 +330,32 @@ class Program:
                 break
         return found
 
+    def has_narrow_weights(self) -> bool:
+        """Whether some weight is stored narrow and dequantized where it is used."""
+        return any(op.name == "linalg.generic" and DEQUANT_TAG in op.attributes for op in self.ops())
+
+    def uses_by_param(self, selected: Callable[[str], bool] = lambda layer: True) -> dict[str, list[WeightedOp]]:
+        """The weighted ops of each parameter whose layer is ``selected``, in program order."""
+        by_param: dict[str, list[WeightedOp]] = {}
+        for w in self.weighted_ops():
+            if selected(w.layer):
+                by_param.setdefault(w.param, []).append(w)
+        return by_param
+
+    def matrix_problem(self, uses: list[WeightedOp]) -> str | None:
+        """Why a parameter's uses cannot be rewritten through one out×in matrix
+        view (``WeightedOp.matrix``), or None when they can."""
+        first = uses[0]
+        if self.rewritten(first.param) or self.params[first.param].shape != self.layer_shapes.get(first.layer):
+            return "already rewritten by an earlier method"
+        for w in uses:
+            reason = w.matrix_form()
+            if reason:
+                return reason
+        if len({repr(w.chain) for w in uses}) != 1:
+            return "its uses read the weight through different views"
+        return None
+
     def contraction_macs(self) -> int:
         """MACs of every contraction, weighted or not (attention's activation matmuls count too)."""
         return sum(op_macs(op) for op in self.ops() if op.name in CONTRACTIONS)
@@ -348,6 +418,11 @@ class Program:
         """A builder inserting before ``op`` (use as a context manager)."""
         return _Builder(self, op)
 
+    def first_user(self, value: ir.Value) -> ir.Operation:
+        """The earliest op in the function body that uses ``value``."""
+        users = [u.owner.operation for u in value.uses]
+        return next(op for op in self.ops() if any(op == u for u in users))
+
     def replace(self, op: ir.Operation, value: ir.Value) -> None:
         """Replace ``op``'s single result by ``value``, erase it, and drop dead producers."""
         op.results[0].replace_all_uses_with(value)
@@ -392,11 +467,29 @@ class Program:
             origin=dict(self.origin),
             layer_shapes=dict(self.layer_shapes),
             func_name=self.func_name,
+            structures=dict(self.structures),
         )
 
     def verify(self) -> None:
         if not self.module.operation.verify():
             raise RuntimeError("module does not verify")
+
+
+def pack_int4(levels: np.ndarray, axis: int) -> np.ndarray:
+    """Int4 levels in [-8, 7], two per byte along ``axis`` (even length): element
+    2i in the low nibble, 2i+1 in the high one."""
+    lv = np.moveaxis(levels.astype(np.int8), axis, -1)
+    packed = (lv[..., 0::2] & 0xF) | ((lv[..., 1::2] & 0xF) << 4)
+    return np.ascontiguousarray(np.moveaxis(packed.astype(np.uint8), -1, axis))
+
+
+def unpack_int4(packed: np.ndarray, axis: int) -> np.ndarray:
+    """The inverse of :func:`pack_int4`, shaped like the dequantize op's output:
+    ``axis`` split into (n/2, 2)."""
+    p = np.moveaxis(packed.astype(np.uint8), axis, -1)
+    nib = np.stack([p & 0xF, p >> 4], axis=-1).astype(np.int8)
+    nib = (nib ^ 8) - 8  # sign-extend 4 bits
+    return np.moveaxis(nib, (-2, -1), (axis, axis + 1))
 
 
 def _element_type(dtype: np.dtype) -> ir.Type:
@@ -406,6 +499,7 @@ def _element_type(dtype: np.dtype) -> ir.Type:
         "float16": ir.F16Type.get,
         "float64": ir.F64Type.get,
         "int8": lambda: ir.IntegerType.get_signless(8),
+        "uint8": lambda: ir.IntegerType.get_signless(8),  # packed nibbles (int4 pairs)
         "int16": lambda: ir.IntegerType.get_signless(16),
         "int32": lambda: ir.IntegerType.get_signless(32),
         "int64": lambda: ir.IntegerType.get_signless(64),
@@ -460,6 +554,84 @@ class _Builder:
 
     def matmul(self, lhs: ir.Value, rhs: ir.Value, init: ir.Value) -> ir.Value:
         return as_value(linalg.matmul(lhs, rhs, outs=[init]))
+
+    def batch_matmul(self, lhs: ir.Value, rhs: ir.Value, init: ir.Value) -> ir.Value:
+        return as_value(linalg.batch_matmul(lhs, rhs, outs=[init]))
+
+    def generic(
+        self,
+        inputs: list[ir.Value],
+        init: ir.Value,
+        maps: list[str],
+        body: Callable[..., ir.Value],
+        attrs: dict[str, str] | None = None,
+    ) -> ir.Value:
+        """An all-parallel ``linalg.generic``: ``maps`` are affine maps written as
+        ``"(b, m, c) -> (b, c)"``, one per input and the output; ``body(*args)``
+        builds the yielded value from the block arguments (inputs, then output)."""
+        n_dims = len(shape_of(init))
+        parsed = ir.ArrayAttr.get([ir.Attribute.parse(f"affine_map<{m}>") for m in maps])
+        iterators = ir.ArrayAttr.get([ir.Attribute.parse("#linalg.iterator_type<parallel>")] * n_dims)
+        op = linalg.GenericOp([init.type], inputs, [init], parsed, iterators)
+        for key, value in (attrs or {}).items():
+            op.operation.attributes[key] = ir.StringAttr.get(value)
+        types = [ir.RankedTensorType(v.type).element_type for v in [*inputs, init]]
+        block = op.regions[0].blocks.append(*types)
+        with ir.InsertionPoint(block):
+            linalg.YieldOp([body(*block.arguments)])
+        return op.results[0]
+
+    def index(self, dim: int) -> ir.Value:
+        """The iteration index along ``dim`` (inside a generic body)."""
+        return linalg.IndexOp(dim).result
+
+    def to_index(self, value: ir.Value) -> ir.Value:
+        return arith.IndexCastOp(ir.IndexType.get(), value).result
+
+    def dequantize(self, levels: ir.Value, scale: ir.Value, scale_dims: list[int], bits: int, axis: int | None = None) -> ir.Value:
+        """``float(level) · scale`` next to the use of a narrow stored weight.
+
+        ``scale`` is indexed by the output dims ``scale_dims`` (per output channel).
+        Int8 levels are stored one per byte; int4 levels are packed two per byte
+        along ``axis`` (see :func:`pack_int4`; not a scale dim): the generic
+        unpacks into (n/2, 2) along it and a collapse restores the weight's shape."""
+        stored = list(shape_of(levels))
+        if bits == 4:
+            assert axis is not None and axis not in scale_dims
+            shape = stored[:axis + 1] + [2] + stored[axis + 1:]
+            names = [f"d{i}" for i in range(len(shape))]
+            dims = ", ".join(names)
+            level_map = ", ".join(n for i, n in enumerate(names) if i != axis + 1)
+            scale_names = [names[d if d <= axis else d + 1] for d in scale_dims]
+            # a weight dim d >= axis+1 is dim d+1 of the split shape, the pair index is axis+1
+        else:
+            shape = stored
+            names = [f"d{i}" for i in range(len(shape))]
+            dims = level_map = ", ".join(names)
+            scale_names = [names[d] for d in scale_dims]
+        f32 = ir.F32Type.get()
+        i8 = ir.IntegerType.get_signless(8)
+        init = tensor.EmptyOp(shape, f32).result
+
+        def body(q: ir.Value, s: ir.Value, _out: ir.Value) -> ir.Value:
+            if bits == 4:
+                pair = arith.IndexCastOp(i8, self.index(axis + 1)).result
+                shift = arith.MulIOp(pair, arith.ConstantOp(i8, 4).result).result
+                nib = arith.AndIOp(arith.ShRUIOp(q, shift).result, arith.ConstantOp(i8, 15).result).result
+                eight = arith.ConstantOp(i8, 8).result
+                q = arith.SubIOp(arith.XOrIOp(nib, eight).result, eight).result  # sign-extend
+            return arith.MulFOp(arith.SIToFPOp(f32, q).result, s).result
+
+        tag = f"{bits}:{axis}" if bits == 4 else str(bits)
+        value = self.generic(
+            [levels, scale], init,
+            [f"({dims}) -> ({level_map})", f"({dims}) -> ({', '.join(scale_names)})", f"({dims}) -> ({dims})"],
+            body, attrs={DEQUANT_TAG: tag},
+        )
+        if bits == 4:
+            groups = [[d] for d in range(axis)] + [[axis, axis + 1]] + [[d] for d in range(axis + 2, len(shape))]
+            value = self.collapse(value, groups)
+        return value
 
     def linear(self, x: ir.Value, matrix: ir.Value, init: ir.Value) -> ir.Value:
         """``init + x·matrix`` for x of shape [..., K] and a K×N matrix: leading

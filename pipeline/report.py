@@ -15,6 +15,9 @@ Top-level keys of a compile report:
                  "tolerance", "passed"}
   artifact      {"path", "bytes", "compile_seconds"}
   inputs        [{"shape", "dtype"}]
+  calibration   {"path", "samples"}                       (with --calib)
+  accuracy      {"path", "samples", "original", "compressed_reference", "artifact"}
+                top-1 in [0, 1] on --eval data            (with --eval)
 FLOPs are counted as multiply-accumulates (MACs).
 """
 
@@ -98,6 +101,8 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
         "verification": verification,
         "artifact": {"path": artifact_path, "bytes": len(c.artifact.vmfb), "compile_seconds": c.artifact.compile_seconds},
         "inputs": [{"shape": list(x.shape), "dtype": str(x.dtype)} for x in c.program.example_inputs],
+        **({"calibration": c.calibration} if c.calibration else {}),
+        **({"accuracy": c.accuracy} if c.accuracy else {}),
     }
 
 

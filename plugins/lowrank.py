@@ -10,15 +10,14 @@ gates, one matmul per time step) gets one pair of factor constants.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from optc.api import LayerChange, Method, MethodContext, MethodResult, option
+from optc.api import LayerChange, Method, MethodContext, MethodResult, layer_selected, option
 from optc.hookspecs import hookimpl
-from optc.program import Program, WeightedOp, apply_view, shape_of, unapply_view
+from optc.program import Program, apply_view, shape_of, unapply_view
 
 
 @dataclass
@@ -63,20 +62,14 @@ class LowRank(Method):
     summary = "low-rank factorization (truncated SVD): each linear/LSTM matmul becomes two thinner matmuls"
     Options = LowRankOptions
 
-    def _selected(self, layer: str, options: LowRankOptions) -> bool:
-        if options.layers and not any(fnmatch.fnmatchcase(layer, p) for p in options.layers):
-            return False
-        return not any(fnmatch.fnmatchcase(layer, p) for p in options.skip)
-
     def apply(self, program: Program, options: LowRankOptions, ctx: MethodContext) -> MethodResult:
         result = MethodResult(self.name)
-        by_param: dict[str, list[WeightedOp]] = {}
-        for w in program.weighted_ops():
-            if self._selected(w.layer, options):
-                by_param.setdefault(w.param, []).append(w)
+        by_param = program.uses_by_param(lambda layer: layer_selected(layer, options.layers, options.skip))
         for param, uses in by_param.items():
             layer = uses[0].layer
-            reason = self._unsupported(program, uses)
+            reason = program.matrix_problem(uses)
+            if reason is None and uses[0].kind == "conv2d":
+                reason = "conv2d (lowrank factors matmul weights; convolutions are not factored)"
             if reason:
                 result.changes.append(LayerChange(layer, f"skipped: {reason}"))
                 continue
@@ -118,22 +111,6 @@ class LowRank(Method):
                 )
             )
         return result
-
-    @staticmethod
-    def _unsupported(program: Program, uses: list[WeightedOp]) -> str | None:
-        param, layer = uses[0].param, uses[0].layer
-        if program.params[param].shape != program.layer_shapes.get(layer):
-            return "already rewritten into other shapes by an earlier method"
-        for w in uses:
-            if w.kind not in ("matmul", "batch_matmul"):
-                return f"{w.kind} (lowrank factors matmul weights; convolutions are not factored)"
-            if w.operand_index != 1:
-                return "the weight is the left operand of its matmul"
-            if w.kind == "batch_matmul" and not w.batch_shared:
-                return "a batch_matmul with a different weight per batch"
-        if len({repr(w.chain) for w in uses}) != 1:
-            return "its uses read the weight through different views"
-        return None
 
 
 def _rows(x) -> tuple[int, ...]:

@@ -18,6 +18,11 @@ def compile_program(
 ) -> Artifact:
     import iree.compiler as ic
 
+    if program.has_narrow_weights():
+        # Compile-time constant evaluation would fold each dequantize into an f32
+        # copy of the weight inside the artifact; evaluated at load time instead,
+        # the artifact keeps the narrow bytes and inference still reads f32.
+        flags = [*flags, "--iree-opt-const-eval=false"]
     start = time.perf_counter()
     try:
         vmfb = ic.compile_str(program.to_bytecode(), target_backends=[backend], extra_args=list(flags))

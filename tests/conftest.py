@@ -47,6 +47,14 @@ def optc_cli(*args: str, cwd: Path = REPO, check: bool = False) -> subprocess.Co
     return proc
 
 
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> dict[str, Path]:
+    """The trained digits CNN/LSTM (.pt2) and their calib/test .npz (trained once per session)."""
+    from examples.digits import build
+
+    return build(tmp_path_factory.mktemp("digits"))
+
+
 def vulkan_or_skip() -> None:
     from optc.targets.vulkan import VulkanTarget
 

@@ -231,13 +231,13 @@ def test_run_input_that_is_not_npy(tmp_path, mlp_artifact):
     x.write_text("hello, not an array\n")
     out = tmp_path / "out"
     proc = run_optc("run", mlp_artifact, "--input", x, "--output", out / "y.npy")
-    assert_clean_failure(proc, "x.npy", "is not a .npy/.npz array file", out_dir=out)
+    assert_clean_failure(proc, "x.npy", "not a .npy/.npz array file", out_dir=out)
 
 
 def test_run_missing_input_file(tmp_path, mlp_artifact):
     out = tmp_path / "out"
     proc = run_optc("run", mlp_artifact, "--input", tmp_path / "absent.npy", "--output", out / "y.npy")
-    assert_clean_failure(proc, "input file not found", "absent.npy", out_dir=out)
+    assert_clean_failure(proc, "absent.npy", "file not found", out_dir=out)
 
 
 def test_run_artifact_that_is_not_a_vmfb(tmp_path):
@@ -248,3 +248,33 @@ def test_run_artifact_that_is_not_a_vmfb(tmp_path):
     out = tmp_path / "out"
     proc = run_optc("run", junk, "--input", x, "--output", out / "y.npy")
     assert_clean_failure(proc, "junk.vmfb", out_dir=out)
+
+
+# --------------------------------------------------------------------------- bcr / admm / sample data
+
+
+@pytest.mark.parametrize("opt, fragment", [("bcr.col_keep=1.5", "col_keep=1.5: keep rates must be in (0, 1]"),
+                                           ("bcr.row_keep=0", "row_keep=0.0: keep rates must be in (0, 1]")])
+def test_keep_rate_outside_zero_one(tmp_path, opt, fragment):
+    proc, out = compile_into(tmp_path, "--plugins", "bcr", "--opt", opt, "examples.models:mlp")
+    assert_clean_failure(proc, fragment, out_dir=out)
+
+
+def test_block_size_that_does_not_fit_a_layer(tmp_path):
+    proc, out = compile_into(tmp_path, "--plugins", "bcr", "--opt", "bcr.block=16", "examples.models:mlp")
+    assert_clean_failure(proc, "block=16 does not fit layer 4.weight (10 output rows)", "bcr.skip=4.weight", out_dir=out)
+
+
+def test_admm_without_calibration_data(tmp_path):
+    proc, out = compile_into(tmp_path, "--plugins", "bcr,admm", "examples.models:mlp")
+    assert_clean_failure(proc, "'admm' needs calibration data", "--calib", out_dir=out)
+
+
+@pytest.mark.parametrize("flag", ["--calib", "--eval"])
+def test_sample_data_whose_shape_does_not_match_the_model(tmp_path, flag):
+    data, good = tmp_path / "wrong.npz", tmp_path / "good.npz"
+    np.savez(data, x=np.zeros((8, 255), np.float32), y=np.zeros(8, np.int64))  # mlp takes (N, 256)
+    np.savez(good, x=np.zeros((8, 256), np.float32), y=np.zeros(8, np.int64))
+    other = "--eval" if flag == "--calib" else "--calib"
+    proc, out = compile_into(tmp_path, "--plugins", "admm", flag, data, other, good, "examples.models:mlp")
+    assert_clean_failure(proc, f"{flag} ", "wrong.npz: x has shape (8, 255) but the model takes (N, 256) float32", out_dir=out)

@@ -130,3 +130,26 @@ def test_report_refuses_a_file_that_is_not_an_optc_report(content, tmp_path):
     proc = optc_cli("report", str(src), "-o", str(tmp_path / "x.html"))
     assert proc.returncode == 2 and "is not an optc report" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x.html").exists()
+
+
+def test_bcr_admm_on_the_digits_cnn_end_to_end(digits, tmp_path):
+    """The headline command: prune 4x with bcr, solve with admm on --calib, and
+    report top-1 on --eval for the original, the compressed reference and the artifact."""
+    out = tmp_path / "cnn.vmfb"
+    optc_cli(
+        "compile", "--plugins", "bcr,admm", str(digits["cnn"]), "-o", str(out),
+        "--opt", "bcr.skip=features.0.weight,classifier.3.weight", "--opt", "bcr.block=8",
+        "--opt", "bcr.col_keep=0.25", "--opt", "bcr.row_keep=1",
+        "--calib", str(digits["calib"]), "--eval", str(digits["test"]), check=True,
+    )
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["verification"]["passed"] and report["verification"]["compile_error"]["max_rel"] <= 1e-4
+    assert report["calibration"]["samples"] == 1024
+    acc = report["accuracy"]
+    assert acc["samples"] == len(np.load(digits["test"])["y"])
+    assert acc["artifact"] == pytest.approx(acc["compressed_reference"], abs=1 / acc["samples"])
+    assert acc["artifact"] >= acc["original"] - 0.01  # the goal: at most 1 point lost
+    pruned = [r for r in report["layers"] if "bcr" in r["methods"]]
+    assert {r["layer"] for r in pruned} == {"features.2.weight", "features.5.weight", "classifier.1.weight"}
+    assert sum(r["params_before"] for r in pruned) >= 4 * sum(r["params_after"] for r in pruned)
+    assert all(r["methods"] == ["bcr", "admm"] for r in pruned)

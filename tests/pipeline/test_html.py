@@ -270,3 +270,13 @@ def test_page_in_headless_chromium(tmp_path: Path, kind: str):
     assert px.std() > 0.05, f"screenshot looks blank (std {px.std():.4f})"
     blue = (abs(px[..., 0] - 0x1F / 255) < 0.03) & (abs(px[..., 1] - 0x77 / 255) < 0.03) & (abs(px[..., 2] - 0xB4 / 255) < 0.03)
     assert blue.sum() > 2000, f"the plots' 'after' bars are not on screen ({int(blue.sum())} px)"
+
+
+def test_calibration_and_accuracy_are_in_the_summary():
+    report = compile_report()
+    report["calibration"] = {"path": "calib.npz", "samples": 1024}
+    report["accuracy"] = {"path": "test.npz", "samples": 360, "original": 0.9861, "compressed_reference": 0.9833, "artifact": 0.9833}
+    page = render_html(report)
+    assert "1,024 samples" in page
+    assert "original 98.61% → compressed reference 98.33% → artifact 98.33%" in page
+    assert "360 samples of test.npz" in page

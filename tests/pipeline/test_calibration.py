@@ -1,0 +1,91 @@
+"""Sample files are checked against the model's inputs; per-layer statistics
+measured on the compiled probe equal the ones computed by hand in numpy/PyTorch."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from optc.calibration import Calibration, Samples, load_samples, top1
+from optc.driver import _host_runner
+from optc.errors import InputError
+from tests.conftest import lowered
+
+
+def samples_file(tmp_path, **arrays):
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+EXAMPLE = [np.zeros((1, 8, 8), np.float32)]
+
+
+@pytest.mark.parametrize(
+    "arrays, need_labels, fragment",
+    [
+        ({"x": np.zeros((5, 8, 9), np.float32)}, False, "x has shape (5, 8, 9) but the model takes (N, 8, 8) float32"),
+        ({"x": np.zeros((5, 64), np.float32)}, False, "x has shape (5, 64)"),
+        ({"inputs": np.zeros((5, 8, 8), np.float32)}, False, "missing array(s) x; it has inputs"),
+        ({"x": np.zeros((5, 8, 8), np.float32)}, True, "missing array(s) y"),
+        ({"x": np.zeros((5, 8, 8), np.int64)}, False, "x is int64 but the model takes float32"),
+        ({"x": np.zeros((5, 8, 8), np.float32), "y": np.zeros(4, np.int64)}, False, "y must be integer labels of shape (5,)"),
+    ],
+)
+def test_bad_sample_files_name_the_problem(tmp_path, arrays, need_labels, fragment):
+    with pytest.raises(InputError) as e:
+        load_samples(samples_file(tmp_path, **arrays), EXAMPLE, "--calib", need_labels)
+    assert fragment in str(e.value) and str(e.value).startswith("--calib ")
+
+
+def test_missing_and_non_npz_files(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        load_samples(tmp_path / "nope.npz", EXAMPLE, "--eval")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a .npy/.npz array file"):
+        load_samples(junk, EXAMPLE, "--eval")
+
+
+def test_batches_pad_the_last_chunk():
+    x = np.arange(5, dtype=np.float32).reshape(5, 1)
+    chunks = list(Samples(Path("x"), [x], None).batches(2))
+    assert [real for _, real in chunks] == [2, 2, 1]
+    assert chunks[-1][0][0].ravel().tolist() == [4.0, 4.0]
+
+
+def test_top1_counts_only_real_samples():
+    labels = np.array([0, 1, 1])
+    s = Samples(Path("x"), [np.eye(3, dtype=np.float32)[[0, 1, 1]]], labels)
+    assert top1(lambda xs: xs[0], s, batch=2) == 1.0
+    assert top1(lambda xs: xs[0][:, ::-1], s, batch=2) == pytest.approx(2 / 3)
+
+
+def test_gram_of_a_linear_layer_is_its_input_second_moment():
+    _, p = lowered("mlp")  # the first layer reads the model input directly
+    x = np.random.default_rng(0).normal(size=(12, 256)).astype(np.float32)
+    cal = Calibration(Samples(Path("x"), [x], None), p, _host_runner)
+    expected = x.astype(np.float64).T @ x / len(x)
+    assert np.allclose(cal.gram("0.weight"), expected, atol=1e-5)
+
+
+def test_gram_of_a_conv_is_over_im2col_patches_in_weight_order():
+    model, p = lowered("cnn")  # stem: 3x3 conv, padding 1, on the input
+    x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    cal = Calibration(Samples(Path("x"), [x], None), p, _host_runner)
+    cols = torch.nn.functional.unfold(torch.from_numpy(x).double(), 3, padding=1)  # N, C·KH·KW, L
+    rows = cols.permute(0, 2, 1).reshape(-1, cols.shape[1]).numpy()
+    assert np.allclose(cal.gram("stem.weight"), rows.T @ rows / len(rows), atol=1e-6)
+
+
+def test_cross_statistics_see_the_changed_weights():
+    _, p = lowered("mlp")
+    x = np.random.default_rng(1).normal(size=(8, 256)).astype(np.float32)
+    cal = Calibration(Samples(Path("x"), [x], None), p, _host_runner)
+    zeroed = {"0.weight": np.zeros_like(p.params["0.weight"])}
+    gcc, goc = cal.cross("2.weight", zeroed)
+    # with layer 0's weights zero, layer 2 sees relu(bias) for every sample
+    h = np.maximum(p.params["0.bias"], 0).astype(np.float64)
+    assert np.allclose(gcc, np.outer(h, h), atol=1e-5)
+    assert not np.allclose(goc, cal.gram("2.weight"))

@@ -1,0 +1,152 @@
+"""bcr: keep rate 1.0 is exact, the rewritten program has the block structure the
+options ask for (gather -> compact batch_matmul -> scatter), the compiled artifact
+reproduces the pruned reference, and bad options fail with one clear message."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optc.api import MethodContext, build_options
+from optc.errors import OptionError
+from optc.plugins.bcr import Bcr, choose_blocks
+from optc.targets.cpu import CpuOptions, CpuTarget
+from optc.verify import compare, eager_outputs, verify
+from tests.conftest import lowered
+
+
+def apply(name, **opts):
+    model, p = lowered(name)
+    options = build_options("bcr", Bcr.Options, {k: str(v) for k, v in opts.items()})
+    result = Bcr().apply(p, options, MethodContext())
+    p.verify()
+    return model, p, result
+
+
+def compiled_outputs(p):
+    t = CpuTarget()
+    return t.open(t.compile(p, CpuOptions()).vmfb, CpuOptions())(*p.example_inputs)
+
+
+@pytest.mark.parametrize(
+    "name, opts",
+    [
+        ("mlp", {"block": 2}),
+        ("lstm", {"block": 16, "skip": "fc.weight"}),  # per-step gate matmuls, 4·64 rows
+        ("cnn", {"block": 4, "skip": "fc2.weight"}),  # stem conv via im2col gather, fc1
+        ("transformer", {"block": 4, "override": "head.weight:block=2"}),  # batched (3-D) inputs
+    ],
+)
+def test_keep_rate_one_is_exact(name, opts):
+    model, p, result = apply(name, col_keep=1.0, row_keep=1.0, **opts)
+    pruned = [c for c in result.changes if c.action.startswith("pruned")]
+    assert pruned and all(c.details["density"] == 1.0 for c in pruned)
+    err = compare(compiled_outputs(p), eager_outputs(model.module, p.example_inputs))
+    assert err.max_rel <= 1e-5, err
+
+
+@pytest.mark.parametrize(
+    "name, opts",
+    [
+        ("mlp", {"block": 4, "col_keep": 0.25, "row_keep": 0.5, "override": "4.weight:block=2"}),
+        ("lstm", {"block": 16, "col_keep": 0.5, "row_keep": 0.5, "skip": "fc.weight"}),
+        ("cnn", {"block": 4, "col_keep": 0.5, "row_keep": 0.5, "skip": "fc2.weight"}),
+        ("transformer", {"block": 16, "col_keep": 0.25, "row_keep": 1.0, "override": "head.weight:block=4"}),
+    ],
+)
+def test_pruned_artifact_matches_the_pruned_reference(name, opts):
+    model, p, result = apply(name, **opts)
+    check = verify(model.module, result.reference_weights, compiled_outputs(p), p.example_inputs)
+    assert check.compile_error.max_rel <= 1e-5, check
+    assert check.compression_error.max_rel > 1e-3  # weights really were pruned
+
+
+def test_block_structure_follows_the_options():
+    _, p, result = apply("mlp", block=4, col_keep=0.25, row_keep=0.5, override="4.weight:block=2")
+    # 0.weight is 512 out x 256 in: 128 blocks of 4 rows, 64 columns and 2 rows kept per block
+    s = p.structures["0.weight"]
+    assert (s.blocks, s.cols.shape, s.rows.shape) == (128, (128, 64), (128, 2))
+    mask = s.mask()
+    for b in range(128):
+        block = mask[4 * b: 4 * b + 4]
+        assert block.any(axis=1).sum() == 2  # whole rows pruned inside the block
+        kept_cols = block.any(axis=0)
+        assert kept_cols.sum() == 64  # whole columns pruned inside the block
+        assert (block[block.any(axis=1)] == kept_cols).all()  # every kept row keeps exactly those columns
+    ref = result.reference_weights["0.weight"]
+    assert not ref[~mask].any()  # pruned weights are zero in the reference
+    assert np.allclose(ref[mask], lowered("mlp")[1].params["0.weight"][mask])  # kept weights are untouched
+    stats = p.layer_stats()["0.weight"]
+    assert stats.params == 128 * 64 * 2
+    assert stats.macs == 4 * 128 * 64 * 2  # batch 4 rows through every compact block
+
+
+CHECKS = """
+// CHECK: dense_resource<"0.weight.bcr"> : tensor<128x64x2xf32>
+// CHECK: linalg.generic
+// CHECK: tensor.extract
+// CHECK: -> tensor<128x4x64xf32>
+// CHECK: linalg.fill
+// CHECK-NEXT: linalg.batch_matmul ins(%{{.*}}, %{{.*}} : tensor<128x4x64xf32>, tensor<128x64x2xf32>) outs(%{{.*}} : tensor<128x4x2xf32>)
+// CHECK-NEXT: linalg.generic
+// CHECK: tensor.extract
+// CHECK: -> tensor<4x512xf32>
+// CHECK-NOT: dense_resource<"0.weight">
+"""
+
+
+def test_rewritten_ir_filecheck(tmp_path):
+    _, p, _ = apply("mlp", block=4, col_keep=0.25, row_keep=0.5, layers="0.weight")
+    checks = tmp_path / "checks.mlir"
+    checks.write_text(CHECKS)
+    fc = Path(sys.executable).parent / "filecheck"
+    proc = subprocess.run([str(fc), str(checks)], input=p.to_text(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_all_columns_kept_is_one_matmul_without_a_gather():
+    _, p, _ = apply("mlp", block=4, col_keep=1.0, row_keep=0.5, layers="0.weight")
+    s = p.structures["0.weight"]
+    assert s.shared and p.params[s.param].shape == (256, 128 * 2)
+    assert not any(op.name == "linalg.batch_matmul" for op in p.ops())
+
+
+def test_activation_score_keeps_the_columns_that_carry_signal():
+    # Column 0 has small weights but a large input; magnitude drops it, activation keeps it.
+    w = np.array([[0.1, 1.0, 0.9, 0.5]] * 2)
+    gram = np.diag([1000.0, 1.0, 1.0, 1.0])
+    by_magnitude, _ = choose_blocks(w, 2, 2, 2, None)
+    by_activation, _ = choose_blocks(w, 2, 2, 2, gram)
+    assert by_magnitude.tolist() == [[1, 2]]
+    assert by_activation.tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize(
+    "assignments, fragment",
+    [
+        ({"col_keep": "0"}, "col_keep=0.0: keep rates must be in (0, 1]"),
+        ({"row_keep": "1.5"}, "row_keep=1.5: keep rates must be in (0, 1]"),
+        ({"override": "fc:col_keep=-1"}, "col_keep=-1.0: keep rates must be in (0, 1]"),
+        ({"override": "fc:colkeep=0.5"}, "unknown key 'colkeep'"),
+        ({"override": "fc"}, "expected PATTERN:KEY=V"),
+        ({"block": "0"}, "block=0: must be an integer >= 1"),
+    ],
+)
+def test_bad_options_name_the_problem(assignments, fragment):
+    with pytest.raises(OptionError, match=None) as e:
+        build_options("bcr", Bcr.Options, assignments)
+    assert fragment in str(e.value)
+
+
+def test_block_that_does_not_fit_a_layer_is_an_error():
+    with pytest.raises(OptionError) as e:
+        apply("mlp", block=16)  # 4.weight has 10 rows
+    assert "block=16 does not fit layer 4.weight (10 output rows)" in str(e.value)
+    assert "bcr.skip=4.weight" in str(e.value)
+
+
+def test_activation_score_without_calibration_is_an_error():
+    with pytest.raises(OptionError, match="needs calibration data"):
+        apply("mlp", block=2, score="activation")
