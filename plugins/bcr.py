@@ -42,7 +42,7 @@ _OVERRIDABLE = {"block": int, "col_keep": float, "row_keep": float}
 
 @dataclass
 class BcrOptions:
-    block: int = option(16, "rows (outputs) per block; must divide the rows of every pruned layer")
+    block: int = option(16, "rows (outputs) per block; must divide the rows of every pruned layer; 0 = one block of all rows")
     col_keep: float = option(0.5, "fraction of columns (inputs) each block keeps, in (0, 1]")
     row_keep: float = option(0.5, "fraction of rows (outputs) each block keeps, in (0, 1]")
     score: Literal["auto", "magnitude", "activation"] = option(
@@ -91,8 +91,8 @@ def _check_settings(where: str, values: dict[str, Any]) -> None:
     for key in ("col_keep", "row_keep"):
         if key in values and not 0.0 < values[key] <= 1.0:
             raise ValueError(f"{where}{key}={values[key]}: keep rates must be in (0, 1]")
-    if "block" in values and values["block"] < 1:
-        raise ValueError(f"{where}block={values['block']}: must be an integer >= 1")
+    if "block" in values and values["block"] < 0:
+        raise ValueError(f"{where}block={values['block']}: must be an integer >= 1 (or 0: one block of all rows)")
 
 
 @dataclass
@@ -219,6 +219,7 @@ class Bcr(Method):
             matrix = first.matrix(weight)
             n, k = matrix.shape
             block, col_keep, row_keep = options.for_layer(layer)
+            block = block or n
             if block > n or n % block:
                 raise OptionError(
                     f"bcr: block={block} does not fit layer {layer} ({n} output rows): use a block size dividing {n}, "
@@ -316,6 +317,9 @@ def _rewrite(program: Program, w: WeightedOp, s: BlockColumnRow, compact: ir.Val
             lhs = build.collapse(rows_x, [[0, 1], [2]]) if conv else rows_x
             y = build.matmul(lhs, compact, build.zeros((m, nb * rb), like=init))
             y = build.expand(y, [list(range(len(lead) + 1)), [len(lead) + 1]], (1, *lead, nb * rb))
+        elif nb == 1:  # one block: a plain matmul (IREE's batch_matmul path is slower)
+            y = build.matmul(build.collapse(rows_x, [[0, 1], [2]]), build.collapse(compact, [[0, 1], [2]]), build.zeros((m, rb), like=init))
+            y = build.expand(y, [list(range(len(lead) + 1)), [len(lead) + 1]], (1, *lead, rb))
         else:
             y = build.batch_matmul(rows_x, compact, build.zeros((nb, m, rb), like=init))
             if len(lead) > 1:

@@ -131,13 +131,22 @@ def test_activation_score_keeps_the_columns_that_carry_signal():
         ({"override": "fc:col_keep=-1"}, "col_keep=-1.0: keep rates must be in (0, 1]"),
         ({"override": "fc:colkeep=0.5"}, "unknown key 'colkeep'"),
         ({"override": "fc"}, "expected PATTERN:KEY=V"),
-        ({"block": "0"}, "block=0: must be an integer >= 1"),
+        ({"block": "-1"}, "block=-1: must be an integer >= 1 (or 0: one block of all rows)"),
     ],
 )
 def test_bad_options_name_the_problem(assignments, fragment):
     with pytest.raises(OptionError, match=None) as e:
         build_options("bcr", Bcr.Options, assignments)
     assert fragment in str(e.value)
+
+
+def test_block_zero_is_one_block_per_layer_and_a_plain_matmul():
+    model, p, result = apply("mlp", block=0, col_keep=0.25, row_keep=1.0)
+    assert [s.blocks for s in p.structures.values()] == [1, 1, 1]
+    assert not any(op.name == "linalg.batch_matmul" for op in p.ops())  # one block: no batch dim
+    assert p.layer_stats()["0.weight"].macs == 4 * 64 * 512
+    check = verify(model.module, result.reference_weights, compiled_outputs(p), p.example_inputs)
+    assert check.compile_error.max_rel <= 1e-5, check
 
 
 def test_block_that_does_not_fit_a_layer_is_an_error():
