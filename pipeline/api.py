@@ -85,9 +85,10 @@ class LayerStructure(Protocol):
     def mask(self) -> "np.ndarray":
         """Boolean out×in: which weights the structure keeps."""
 
-    def store(self, program: "Program", matrix: "np.ndarray", quantized: Any = None) -> None:
+    def store(self, program: "Program", matrix: "np.ndarray", quantized: Any = None) -> str:
         """Write new weights (zero outside the mask) into the rewritten program;
-        ``quantized`` (an ``optc.quant.Quantized`` of ``matrix``) stores them narrow."""
+        ``quantized`` (an ``optc.quant.Quantized`` of ``matrix``) stores them
+        narrow. Returns how they are stored (e.g. "float32", "int8")."""
 
 
 class Method:

@@ -62,8 +62,7 @@ def apply_methods(
     """Apply each method in order; merge the reference weights they report."""
     results = []
     for method, options in methods:
-        if method.needs_calibration and ctx.calibration is None:
-            raise MethodError(f"method {method.name!r} needs calibration data: pass --calib data.npz")
+        require_calibration([method], ctx.calibration is not None)
         progress(f"applying {method.name}")
         before = program.to_text() if ctx.dump_dir is not None else None
         try:
@@ -76,6 +75,13 @@ def apply_methods(
             raise MethodError(f"method {method.name!r} failed: {type(e).__name__}: {e}{where}") from e
         results.append(result)
     return results
+
+
+def require_calibration(methods: Sequence[Method], have_calibration: bool) -> None:
+    """One clear error when a method that needs --calib has none."""
+    needing = [m.name for m in methods if m.needs_calibration]
+    if needing and not have_calibration:
+        raise MethodError(f"method {needing[0]!r} needs calibration data: pass --calib data.npz (arrays x: inputs, batch first)")
 
 
 def _dump(text: str | None, dump_dir: Path | None, name: str) -> str:
@@ -140,9 +146,7 @@ def compile_model(
     from optc.errors import VerifyError
     from optc.verify import DEFAULT_TOLERANCE, verify
 
-    needing = [m.name for m, _ in sel.methods if m.needs_calibration]
-    if needing and calib is None:
-        raise MethodError(f"method {needing[0]!r} needs calibration data: pass --calib data.npz (arrays x: inputs, batch first)")
+    require_calibration([m for m, _ in sel.methods], calib is not None)  # before any heavy work
     loaded, original = loaded_and_lowered or load_and_lower(model_spec, trust, input_shapes)
     examples = original.example_inputs
     samples = load_samples(calib, examples, "--calib") if calib is not None else None

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from torch_mlir import ir
-
 from optc.program import Program, pack_int4
 
 QMAX = {8: 127, 4: 7}
@@ -37,9 +35,10 @@ def row_scales(matrix: np.ndarray, bits: int) -> np.ndarray:
     return np.where(peak > 0, peak / QMAX[bits], 1.0).astype(np.float32)
 
 
-def quantize(matrix: np.ndarray, bits: int, scales: np.ndarray | None = None) -> Quantized:
-    """Round each row to its nearest level (the Euclidean projection for fixed scales)."""
-    scales = row_scales(matrix, bits) if scales is None else scales.astype(np.float32)
+def quantize(matrix: np.ndarray, bits: int) -> Quantized:
+    """Round each row to its nearest level on its max-abs scale (the Euclidean
+    projection onto those levels)."""
+    scales = row_scales(matrix, bits)
     q = QMAX[bits]
     levels = np.clip(np.rint(matrix / scales[:, None]), -q, q).astype(np.int8)
     return Quantized(levels, scales, bits)
@@ -47,19 +46,19 @@ def quantize(matrix: np.ndarray, bits: int, scales: np.ndarray | None = None) ->
 
 def narrow_weight(
     program: Program,
+    param: str,
     name: str,
     levels: np.ndarray,
     scales: np.ndarray,
     scale_dims: list[int],
     bits: int,
     origin: str,
-    before: ir.Operation,
-) -> tuple[ir.Value, str]:
-    """Constants for ``levels`` (int8, the weight's shape) and ``scales`` (shaped
-    like the weight's ``scale_dims``) plus the dequantize op, built before
-    ``before``. Returns the f32 weight value and how it is stored. Int4 packs
-    along a dim that is not a scale dim and has even length; without one it is
-    stored one level per byte."""
+) -> tuple[str, str]:
+    """Replace parameter ``param``'s constant by ``levels`` (int8, the weight's
+    shape) and ``scales`` (shaped like the weight's ``scale_dims``) widened by a
+    dequantize op before its first use. Returns the new levels parameter and how
+    it is stored. Int4 packs along a dim that is not a scale dim and has even
+    length; without one it is stored one level per byte."""
     axis = None
     if bits == 4:
         axis = next((d for d in reversed(range(levels.ndim)) if d not in scale_dims and levels.shape[d] % 2 == 0), None)
@@ -67,8 +66,10 @@ def narrow_weight(
         stored, how = pack_int4(levels, axis), "int4 (two per byte)"
     else:
         stored, how = levels.astype(np.int8), "int8" if bits == 8 else "int4 levels one per byte (no even dim to pack along)"
+    old = program.constant_op(param)
     q_val = program.constant(f"{name}.levels", stored, origin=origin)
     s_val = program.constant(f"{name}.scales", scales.astype(np.float32), origin=origin)
-    with program.at(before) as build:
+    with program.at(program.first_user(old.results[0])) as build:
         value = build.dequantize(q_val, s_val, scale_dims, 4 if axis is not None else 8, axis)
-    return value, how
+    program.replace(old, value)
+    return program.trace_param(value)[0], how

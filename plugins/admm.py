@@ -192,16 +192,14 @@ class Admm(Method):
         solved: dict[str, np.ndarray] = {}  # layer -> its solved weights, parameter layout
         for step in range(options.passes):
             for layer, (matrix, store, to_param, fixed) in layers.items():
-                if options.sequential and (solved or step > 0):
-                    gcc, goc = ctx.calibration.cross(layer, {k: v for k, v in solved.items() if k != layer or step > 0})
-                    data = LayerData(ctx.calibration.gram(layer), gcc, goc)
+                if options.sequential and solved:  # inputs as the layers solved so far produce them
+                    data = LayerData(ctx.calibration.gram(layer), *ctx.calibration.cross(layer, solved))
                 else:
                     data = LayerData.same(ctx.calibration.gram(layer))
-                solution, details = self._solve(layer, matrix, data, fixed, mode, bits, options)
-                solved[layer] = to_param(solution.dequantized() if isinstance(solution, Quantized) else solution)
+                dense, quantized, details = self._solve(layer, matrix, data, fixed, mode, bits, options)
+                solved[layer] = to_param(dense)
                 if step == options.passes - 1:
-                    quantized = solution if isinstance(solution, Quantized) else None
-                    store(quantized.dequantized() if quantized else solution, quantized)
+                    details["storage"] = store(dense, quantized)
                     result.reference_weights[layer] = solved[layer]
                     result.changes.append(
                         LayerChange(layer, f"solved by ADMM ({_describe(mode, fixed is not None, options)}{', ' + options.quant if bits else ''})", details)
@@ -210,8 +208,9 @@ class Admm(Method):
 
     def _solve(
         self, layer: str, matrix: np.ndarray, data: LayerData, fixed: np.ndarray | None, mode: str, bits: int | None, options: AdmmOptions
-    ) -> tuple[np.ndarray | Quantized, dict]:
-        """One layer's solution (float32 out×in, or its quantization) and what to report."""
+    ) -> tuple[np.ndarray, Quantized | None, dict]:
+        """One layer's solution: the float32 out×in weights the program computes
+        with, their quantization (when ``bits``), and what to report."""
         if fixed is not None:
             mask_of = lambda v: fixed  # noqa: E731
         elif mode == "unstructured":
@@ -224,21 +223,19 @@ class Admm(Method):
             mask_of = lambda v: np.ones(v.shape, dtype=bool)  # noqa: E731
         z, history = admm(matrix, data, projection(mask_of, bits), options.iterations, options.rho, options.damp)
         mask = fixed if fixed is not None else z != 0
-        solution: np.ndarray | Quantized
+        quantized = None
         if bits is None:
-            solution = masked_least_squares(matrix, data, mask, options.damp).astype(np.float32)
-            final = solution
+            dense = masked_least_squares(matrix, data, mask, options.damp).astype(np.float32)
         else:
-            solution = quantize(z.astype(np.float32), bits)
-            final = solution.dequantized()
-        return solution, {
+            quantized = quantize(z.astype(np.float32), bits)
+            dense = quantized.dequantized()
+        return dense, quantized, {
             "density": float(mask.mean()),
             "objective_first": history[0],
             "objective_admm": min(history),
-            "objective_final": objective(matrix, final, data),
+            "objective_final": objective(matrix, dense, data),
             "iterations": options.iterations,
             "sequential": options.sequential,
-            "storage": options.quant if bits else "float32",
         }
 
     def _layers(self, program: Program, options: AdmmOptions, mode: str, result: MethodResult) -> dict:
@@ -277,20 +274,18 @@ def _describe(mode: str, structured: bool, options: AdmmOptions) -> str:
     return {"unstructured": f"unstructured, density {options.density:g}", "nm": f"{options.n}:{options.m} sparse"}.get(mode, "not pruned")
 
 
-def _store_dense(program: Program, first: WeightedOp, param: str, layer: str, matrix: np.ndarray, quantized: Quantized | None) -> None:
-    """Replace the layer's parameter by the solved weights (narrow when quantized)."""
+def _store_dense(program: Program, first: WeightedOp, param: str, layer: str, matrix: np.ndarray, quantized: Quantized | None) -> str:
+    """Replace the layer's parameter by the solved weights (narrow when quantized); returns how they are stored."""
     shape = program.params[param].shape
-    old = program.constant_op(param)
     if quantized is None:
-        value = program.constant(f"{layer}.admm", first.from_matrix(matrix, shape), origin=layer)
-    else:
-        rows = first.from_matrix(np.broadcast_to(np.arange(matrix.shape[0], dtype=np.float32)[:, None], matrix.shape), shape)
-        varying = [d for d in range(rows.ndim) if rows.shape[d] > 1 and not np.all(rows == rows.take([0], axis=d))]
-        if len(varying) != 1:
-            raise ValueError(f"layer {layer}: no single parameter dim holds its output channels")
-        levels = first.from_matrix(quantized.levels.astype(np.float32), shape).astype(np.int8)
-        value, _ = narrow_weight(program, f"{layer}.admm", levels, quantized.scales, varying, quantized.bits, layer, program.first_user(old.results[0]))
-    program.replace(old, value)
+        program.replace(program.constant_op(param), program.constant(f"{layer}.admm", first.from_matrix(matrix, shape), origin=layer))
+        return "float32"
+    rows = first.from_matrix(np.broadcast_to(np.arange(matrix.shape[0], dtype=np.float32)[:, None], matrix.shape), shape)
+    varying = [d for d in range(rows.ndim) if rows.shape[d] > 1 and not np.all(rows == rows.take([0], axis=d))]
+    if len(varying) != 1:
+        raise ValueError(f"layer {layer}: no single parameter dim holds its output channels")
+    levels = first.from_matrix(quantized.levels.astype(np.float32), shape).astype(np.int8)
+    return narrow_weight(program, param, f"{layer}.admm", levels, quantized.scales, varying, quantized.bits, layer)[1]
 
 
 @hookimpl

@@ -25,7 +25,7 @@ are not built (METHODS.md); a block's kept columns may lie anywhere.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -109,14 +109,18 @@ class BlockColumnRow:
     block: int
     cols: np.ndarray
     rows: np.ndarray
-    shape: tuple[int, int]  # out×in of the dense matrix
     matrix: np.ndarray  # the dense out×in weights it was chosen on
     to_param: Callable[[np.ndarray], np.ndarray]  # out×in -> the parameter's layout
     method: str = "bcr"
-    scale_dims: list[int] = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.scale_dims = [1] if self.shared else [0, 2]  # output channels of the compact weight
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape
+
+    @property
+    def scale_dims(self) -> list[int]:
+        """The output-channel dims of the compact weight."""
+        return [1] if self.shared else [0, 2]
 
     @property
     def shared(self) -> bool:
@@ -147,31 +151,21 @@ class BlockColumnRow:
             return np.ascontiguousarray(matrix[out.reshape(-1)].T)  # in × nb·rb
         return np.stack([matrix[np.ix_(out[b], self.cols[b])].T for b in range(self.blocks)])
 
-    def expand(self, compact: np.ndarray) -> np.ndarray:
-        matrix = np.zeros(self.shape, dtype=compact.dtype)
-        out = self.out_rows()
-        if self.shared:
-            matrix[out.reshape(-1)] = compact.T
-        else:
-            for b in range(self.blocks):
-                matrix[np.ix_(out[b], self.cols[b])] = compact[b].T
-        return matrix
-
-    def store(self, program: Program, matrix: np.ndarray, quantized: Any = None) -> None:
+    def store(self, program: Program, matrix: np.ndarray, quantized: Any = None) -> str:
         from optc.quant import narrow_weight
 
-        old = program.constant_op(self.param)
-        user = program.first_user(old.results[0])
+        name = f"{self.layer}.bcr"
         if quantized is None:
-            value = program.constant(f"{self.layer}.bcr", self.compact(matrix).astype(np.float32), origin=self.layer)
-        else:
-            scales = quantized.scales[self.out_rows()]  # nb×rb
-            value, _ = narrow_weight(
-                program, f"{self.layer}.bcr", self.compact(quantized.levels), scales.reshape(-1) if self.shared else scales,
-                self.scale_dims, quantized.bits, self.layer, user,
-            )
-        program.replace(old, value)
-        self.param = program.trace_param(value)[0]
+            value = program.constant(name, self.compact(matrix).astype(np.float32), origin=self.layer)
+            program.replace(program.constant_op(self.param), value)
+            self.param = program.trace_param(value)[0]
+            return "float32"
+        scales = quantized.scales[self.out_rows()]  # nb×rb
+        self.param, how = narrow_weight(
+            program, self.param, name, self.compact(quantized.levels), scales.reshape(-1) if self.shared else scales,
+            self.scale_dims, quantized.bits, self.layer,
+        )
+        return how
 
 
 def choose_blocks(
@@ -231,7 +225,7 @@ class Bcr(Method):
             if kc == k:
                 cols = cols[:1]  # every block keeps every column: share them
             structure = BlockColumnRow(
-                layer, "", block, cols, rows, (n, k), matrix, lambda m, first=first, shape=weight.shape: first.from_matrix(m, shape)
+                layer, "", block, cols, rows, matrix, lambda m, first=first, shape=weight.shape: first.from_matrix(m, shape)
             )
             compact = program.constant(f"{layer}.bcr", structure.compact(matrix).astype(np.float32), origin=layer)
             structure.param = program.trace_param(compact)[0]
@@ -239,7 +233,7 @@ class Bcr(Method):
             for w in uses:
                 _rewrite(program, w, structure, compact, tables)
             program.structures[layer] = structure
-            result.reference_weights[layer] = structure.to_param(structure.expand(structure.compact(matrix)))
+            result.reference_weights[layer] = structure.to_param(np.where(structure.mask(), matrix, 0).astype(matrix.dtype))
             result.changes.append(
                 LayerChange(
                     layer,
@@ -312,23 +306,21 @@ def _rewrite(program: Program, w: WeightedOp, s: BlockColumnRow, compact: ir.Val
             x2 = build.collapse(x, [list(range(len(xs) - 1)), [len(xs) - 1]]) if len(xs) > 2 else x
             rows_x = x2 if s.shared else _gather_columns(build, x2, t.cols, nb, kc, f32)
         m = int(np.prod(lead))
-        to_lead = [[0], list(range(1, len(lead) + 1)), [len(lead) + 1]]  # (g, m, ch) -> (g, *lead, ch)
-        if s.shared:  # one "block" 0 holds every kept channel
-            lhs = build.collapse(rows_x, [[0, 1], [2]]) if conv else rows_x
-            y = build.matmul(lhs, compact, build.zeros((m, nb * rb), like=init))
+        if s.shared or nb == 1:
+            # One matmul: shared columns put every block's channels side by side
+            # in "block" 0, and one block needs no batch dim (IREE's
+            # batch_matmul is slower than a matmul of the same FLOPs).
+            lhs, rhs = (build.collapse(v, [[0, 1], [2]]) if len(shape_of(v)) == 3 else v for v in (rows_x, compact))
+            y = build.matmul(lhs, rhs, build.zeros((m, nb * rb), like=init))
             y = build.expand(y, [list(range(len(lead) + 1)), [len(lead) + 1]], (1, *lead, nb * rb))
-        elif nb == 1:  # one block: a plain matmul (IREE's batch_matmul path is slower)
-            y = build.matmul(build.collapse(rows_x, [[0, 1], [2]]), build.collapse(compact, [[0, 1], [2]]), build.zeros((m, rb), like=init))
-            y = build.expand(y, [list(range(len(lead) + 1)), [len(lead) + 1]], (1, *lead, rb))
         else:
             y = build.batch_matmul(rows_x, compact, build.zeros((nb, m, rb), like=init))
             if len(lead) > 1:
-                y = build.expand(y, to_lead, (nb, *lead, rb))
-        channel_dim = 1 if conv else len(lead)
-        if s.keeps_all_rows and not s.shared and not conv:
+                y = build.expand(y, [[0], list(range(1, len(lead) + 1)), [len(lead) + 1]], (nb, *lead, rb))
+        if s.keeps_all_rows and not conv:
             out = _interleave(build, y, init)
         else:
-            out = _scatter(build, y, init, t.blk, t.pos, channel_dim)
+            out = _scatter(build, y, init, t.blk, t.pos, channel_dim=1 if conv else len(lead))
     program.replace(op, out)
 
 

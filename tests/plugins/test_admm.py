@@ -93,6 +93,7 @@ def test_quantized_weights_take_only_the_declared_levels(quant):
         values = unpack_int4(stored, stored.ndim - 1) if bits == 4 and stored.dtype == np.uint8 else stored
         assert values.min() >= -QMAX[bits] and values.max() <= QMAX[bits]
     assert p.params["0.weight.admm.levels"].nbytes == 512 * 256 * bits // 8  # stored narrow
+    assert {c.details["storage"] for c in result.changes} == {"int8" if bits == 8 else "int4 (two per byte)"}
     stats = p.layer_stats()  # the weight still traces (through the dequantize op) to its layer
     assert set(stats) == {"0.weight", "2.weight", "4.weight"} and stats["0.weight"].macs == 4 * 512 * 256
     for layer, ref in result.reference_weights.items():

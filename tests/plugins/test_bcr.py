@@ -135,7 +135,7 @@ def test_activation_score_keeps_the_columns_that_carry_signal():
     ],
 )
 def test_bad_options_name_the_problem(assignments, fragment):
-    with pytest.raises(OptionError, match=None) as e:
+    with pytest.raises(OptionError) as e:
         build_options("bcr", Bcr.Options, assignments)
     assert fragment in str(e.value)
 
