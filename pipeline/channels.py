@@ -29,6 +29,7 @@ columns. Groups describe one program state: recompute them after any rewrite.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any, Iterable
@@ -172,7 +173,15 @@ def _loop_dim(expr: Any) -> int | None:
 
 
 def _uses_dim(expr: Any, dim: int) -> bool:
-    return f"d{dim}" in str(expr).replace("(", " ").replace(")", " ").replace("+", " ").replace("*", " ").split()
+    """Whether an affine expression involves loop dim ``dim`` (the bindings have no walker)."""
+    return re.search(rf"\bd{dim}\b", str(expr)) is not None
+
+
+def _dense(attr: ir.Attribute) -> ir.DenseElementsAttr | None:
+    try:
+        return ir.DenseElementsAttr(attr)
+    except ValueError:
+        return None
 
 
 def _maps(op: ir.Operation) -> list[ir.AffineMap]:
@@ -194,17 +203,15 @@ def _body_reads_index(op: ir.Operation, dims: Iterable[int]) -> bool:
 
 
 def _slice_result_dims(op: ir.Operation) -> list[int | None]:
-    """For each source dim of a ``tensor.extract_slice``: its result dim (None: dropped unit dim)."""
+    """For each source dim of a ``tensor.extract_slice``: its result dim (None: a
+    unit dim the slice drops; matched left to right, as rank reduction does)."""
     sizes = _dense_i64(op, "static_sizes")
     res = shape_of(op.results[0])
     out: list[int | None] = []
-    j = 0
-    for s in sizes:
-        if j < len(res) and res[j] == s and (len(res) - j) <= (len(sizes) - len(out)):
-            out.append(j)
-            j += 1
-        else:
-            out.append(None)
+    for i, size in enumerate(sizes):
+        j = sum(d is not None for d in out)
+        keep_it = j < len(res) and res[j] == size and len(res) - j <= len(sizes) - i
+        out.append(j if keep_it and (size != 1 or len(res) - j == len(sizes) - i or res[j] == 1) else None)
     return out
 
 
@@ -243,7 +250,6 @@ def _backward_dims(op: ir.Operation, result_dims: dict[int, np.ndarray]) -> list
             found.append((k, dims))
         return found
     if name == "tensor.expand_shape":
-        src = shape_of(op.operands[0])
         res = shape_of(op.results[0])
         dims = {}
         for i, group in enumerate(_reassociation(op)):
@@ -253,7 +259,6 @@ def _backward_dims(op: ir.Operation, result_dims: dict[int, np.ndarray]) -> list
                 if merged is None:
                     raise _Unmapped(Why.RESHAPED)
                 dims[i] = merged
-        del src
         return [(0, dims)]
     if name == "tensor.collapse_shape":
         src = shape_of(op.operands[0])
@@ -529,7 +534,7 @@ class _Analysis:
             param = resource_name(op.attributes["value"])
             if param is not None and param in self.program.params:
                 return [(param, d, a) for d, a in dims.items()]
-            return [] if ir.DenseElementsAttr.isinstance(op.attributes["value"]) else None
+            return [] if _dense(op.attributes["value"]) is not None else None
         if op.name == "tensor.empty":
             return []
         try:
@@ -698,7 +703,7 @@ class _Pruner:
                     array = np.compress(self.keep(arr), array, axis=d)
                 result = self.program.constant(self.program.layer_of(param), array, origin=self.program.layer_of(param))
             else:
-                dense = ir.DenseElementsAttr(attr)
+                dense = _dense(attr)
                 with ir.InsertionPoint(before):
                     if dense.is_splat:
                         result = arith.ConstantOp(new_type, ir.DenseElementsAttr.get_splat(new_type, dense.get_splat_value())).result

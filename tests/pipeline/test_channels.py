@@ -215,3 +215,16 @@ def lowered_reference(name):
         _REFERENCE[name] = (model, lower(model))
     model, program = _REFERENCE[name]
     return model, program.clone()
+
+
+def test_lstm_hidden_units_couple_gates_and_steps():
+    model, program = lowered("lstm")
+    groups = {g.key: g for g in channel_groups(program)}
+    layer0 = groups["lstm.weight_ih_l0"]
+    # a hidden unit is 4 gate rows of both weights, read by every step and the next layer
+    assert layer0.producers == ["lstm.weight_ih_l0", "lstm.weight_hh_l0"] and layer0.size == 64
+    rows = next(u for u in layer0.uses if u.param == "lstm.weight_ih_l0" and u.role is Role.PRODUCER)
+    assert np.array_equal(rows.channels, np.tile(np.arange(64), 4))
+    assert set(layer0.consumers) == {"lstm.weight_hh_l0", "lstm.weight_ih_l1"}
+    pruned, zeroed = prune_and_zero(program, {"lstm.weight_ih_l0": np.arange(0, 64, 3), "lstm.weight_ih_l1": np.arange(5, 40)})
+    assert_equals_zeroed(model, pruned, zeroed)
