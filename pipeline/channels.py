@@ -87,7 +87,7 @@ class ChannelUse:
     op: str
 
 
-@dataclass
+@dataclass(eq=False)
 class ChannelGroup:
     """Channels that must be removed together, and every parameter that reads them."""
 
@@ -367,7 +367,7 @@ class _Analysis:
                 self._block([a for _, dims in tracked_in for a in dims.values()], e.why, op)
 
     def _activation_dims(self, value: ir.Value) -> dict[int, np.ndarray]:
-        return self.tracked.get(value, {})
+        return self.tracked.get(value, {})  # {} for a value that carries no tracked channel
 
     def _linalg(self, op: ir.Operation, source: WeightedOp | None) -> None:
         maps = _maps(op)
@@ -510,6 +510,8 @@ class _Analysis:
                 dims[to_result[d]] = arr[offsets[d]:offsets[d] + sizes[d]]
             self._set(op.results[0], dims)
         elif _is_elementwise(op):
+            if any(v not in self.active for v in operands):
+                raise _Unmapped(Why.CONSTANT_UNTRACEABLE)  # only generics' constant operands are sliced
             dims = {}
             for v in operands:
                 for d, arr in self._activation_dims(v).items():
