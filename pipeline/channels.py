@@ -31,7 +31,6 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from math import prod
 from typing import Any, Iterable
 
 import numpy as np
