@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from optc.api import Artifact, Method, MethodContext, MethodResult, Target, build_options
-from optc.errors import MethodError, OptcError, TargetUnavailableError, UnknownNameError
+from optc.errors import InputError, LoadError, MethodError, OptcError, TargetUnavailableError, UnknownNameError
 from optc.registry import load_registry
 
 
@@ -220,5 +220,9 @@ def load_and_lower(model_spec: str, trust: bool, input_shapes: Sequence[str], ba
 
         inputs = rebatch([t.numpy() for t in loaded.example_inputs], batch)
         loaded = dataclasses.replace(loaded, example_inputs=tuple(torch.from_numpy(x) for x in inputs), exported=None)
+        try:
+            loaded.export()
+        except LoadError as e:
+            raise InputError(f"--batch {batch}: {e} (does the model fix its batch size?)") from None
     log("lowering to linalg with torch-mlir")
     return loaded, lower(loaded)

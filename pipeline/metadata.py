@@ -11,7 +11,7 @@ in C). optc writes these keys on ``main``:
                 methods [{name, options}], totals (the report's params, bytes,
                 MACs and flop_reduction)
   optc.inputs   the inputs in IREE's tool syntax, comma-separated: ``1x8x8xf32``
-                (what ``iree-run-module --input=1x8x8xf32=@x.npy`` takes)
+                (as in ``iree-run-module --input=1x8x8xf32=@x.bin`` for raw data)
   optc.outputs  the outputs, likewise
   optc.labels   class labels, comma-separated (only with ``--labels``)
 
@@ -64,10 +64,7 @@ def describe(model_spec: str, loaded: Any, original: Any, program: Any, selectio
     from optc.driver import options_dict
     from optc.report import totals
 
-    from torch_mlir import ir
-
-    ftype = ir.FunctionType(ir.TypeAttr(program.func.attributes["function_type"]).value)
-    inputs, outputs = tensor_types(ftype.inputs), tensor_types(ftype.results)
+    inputs, outputs = signature_types(program)
     signature = getattr(loaded.exported, "graph_signature", None)
     info = {
         "schema": SCHEMA,
@@ -80,14 +77,29 @@ def describe(model_spec: str, loaded: Any, original: Any, program: Any, selectio
         "totals": totals(original, program),
     }
     if labels:
-        out = info["outputs"]
-        classes = out[0]["shape"][-1] if len(out) == 1 and out[0]["shape"] else None
-        if classes != len(labels):
-            raise InputError(f"--labels: {len(labels)} labels, but the model's output {outputs} has {classes or 'no'} classes")
-        if any(not label or "," in label for label in labels):
-            raise InputError("--labels: labels must be non-empty and contain no commas")
+        check_labels(program, labels)
         info["labels"] = list(labels)
     return info
+
+
+def signature_types(program: Any) -> tuple[list[str], list[str]]:
+    """The entry function's input and output types in IREE's tool syntax."""
+    from torch_mlir import ir
+
+    ftype = ir.FunctionType(ir.TypeAttr(program.func.attributes["function_type"]).value)
+    return tensor_types(ftype.inputs), tensor_types(ftype.results)
+
+
+def check_labels(program: Any, labels: Sequence[str]) -> None:
+    """``--labels`` name the classes of a single batch x classes output, one each."""
+    outputs = signature_types(program)[1]
+    dims = outputs[0].split("x")[:-1] if len(outputs) == 1 else []
+    if len(dims) != 2:
+        raise InputError(f"--labels: the model's outputs ({', '.join(outputs)}) are not one batch x classes tensor")
+    if dims[1] != str(len(labels)):
+        raise InputError(f"--labels: {len(labels)} labels, but the model's output {outputs[0]} has {dims[1]} classes")
+    if any(not label.strip() or "," in label for label in labels):
+        raise InputError("--labels: labels must be non-empty")
 
 
 def annotate(program: Any, info: dict[str, Any]) -> None:

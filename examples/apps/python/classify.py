@@ -38,6 +38,7 @@ class Classifier:
     VM-level API (the same calls an app makes in C)."""
 
     def __init__(self, vmfb: Path, device: str):
+        self.path = vmfb
         if not vmfb.is_file():
             raise AppError(f"{vmfb}: no such module file")
         try:
@@ -110,13 +111,13 @@ class Classifier:
         self.semaphore.wait(self.timepoint)
         return np.array(self.staging.map().asarray(list(self.output_shape), np.dtype(np.float32)))
 
-    def classify(self, images: np.ndarray) -> list[str]:
+    def classify(self, images: np.ndarray, source: str = "the images") -> list[str]:
         """A label per image; batches of exactly ``batch`` images (the artifact's shapes
         are static), the last one padded with copies of its final image."""
         want = self.input_shape[1:]
         if images.ndim != len(self.input_shape) or images.shape[1:] != want or len(images) == 0:
             raise AppError(
-                f"the images have shape {_dims(images.shape)} but the model takes images of {_dims(want)} "
+                f"{source} holds an array of {_dims(images.shape)} but {self.path} takes images of {_dims(want)} "
                 f"(N x {_dims(want)} float32; is it an artifact of another model?)"
             )
         labels = []
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             raise AppError(f"--repeat {args.repeat}: must be >= 0")
         images = read_images(args.images)
         app = Classifier(args.module, args.device)
-        for i, label in enumerate(app.classify(images)):
+        for i, label in enumerate(app.classify(images, str(args.images))):
             print(i, label)
         if args.repeat:
             batch = images[: app.batch]
