@@ -75,8 +75,10 @@ def _split_plugins(value: str) -> list[str]:
 @click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), help="write the IR before each failing method here")
 @calib_option
 @click.option("--eval", "eval_data", type=click.Path(dir_okay=False, path_type=Path), metavar="DATA.npz", help="labelled samples (x, y): report top-1 of the original model, the compressed reference and the artifact")
+@click.option("--batch", type=int, default=None, help="compile for this batch size: replaces the first dimension of every input [default: the example inputs']")
+@click.option("--labels", default="", metavar="A,B,…", help="class names of the output, in order: written into the artifact's metadata for apps")
 @model_options
-def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_ir, calib, eval_data, trust, input_shapes):
+def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_ir, calib, eval_data, batch, labels, trust, input_shapes):
     """Compress MODEL with --plugins, compile it for --target, verify it, and write
     the artifact (.vmfb) and its report (.json).
 
@@ -86,18 +88,27 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
       optc compile --plugins bcr,admm --calib calib.npz --eval test.npz model.pt2 -o model.vmfb
     """
     from optc.api import parse_assignments
-    from optc.driver import compile_model, select
+    from optc.driver import compile_model, load_and_lower, require_calibration, select
+    from optc.metadata import check_labels
     from optc.report import compile_report, write_bytes_atomic, write_json_atomic
 
     if tolerance is not None and not tolerance > 0:
         raise InputError(f"--tolerance {tolerance}: must be > 0")
+    if batch is not None and batch <= 0:
+        raise InputError(f"--batch {batch}: must be a positive integer")
+    class_labels = [label.strip() for label in labels.split(",")] if labels else []
     sel = select(_split_plugins(plugins), target, parse_assignments(opts, "--opt"), parse_assignments(target_opts, "--target-opt"))
     out = output or Path(Path(model.split(":")[-1]).stem + ".vmfb")
     if out.suffix != ".vmfb":
         raise InputError(f"-o {out}: the artifact name must end in .vmfb")
+    require_calibration([m for m, _ in sel.methods], calib is not None)  # before any heavy work
+    lowered = load_and_lower(model, trust, input_shapes, batch)
+    if class_labels:
+        check_labels(lowered[1], class_labels)  # before the methods' work
     compiled = compile_model(
-        model, sel, trust=trust, input_shapes=input_shapes, tolerance=tolerance, dump_dir=dump_ir, calib=calib, eval_data=eval_data
-    )
+        model, sel, trust=trust, input_shapes=input_shapes, tolerance=tolerance, dump_dir=dump_ir, calib=calib, eval_data=eval_data,
+        loaded_and_lowered=lowered, labels=class_labels,
+    )  # fmt: skip
     report = compile_report(compiled, str(out))
     write_bytes_atomic(out, compiled.artifact.vmfb)
     write_json_atomic(out.with_suffix(".json"), report)
@@ -237,31 +248,41 @@ def _print_summary(report: dict) -> None:
 
 @main.command()
 @click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--input", "inputs", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path), help=".npy per input (repeat, in order), or one .npz holding arg0, arg1, …")
+@click.option("--input", "inputs", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path), help=".npy per input (repeat, in order), or one .npz: a sample file (x or x0, x1, …; y is ignored) or arg0, arg1, …")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="write outputs to this .npy (one output) or .npz")
-@click.option("--target", default=None, help="target the artifact was built for [default: from its .json report, else cpu]")
+@click.option("--target", default=None, help="target the artifact was built for [default: from its metadata, else its .json report, else cpu]")
 def run(artifact, inputs, output, target):
-    """Run a compiled ARTIFACT on inputs from .npy/.npz files.
+    """Run a compiled ARTIFACT on inputs from .npy/.npz files. Any number of samples
+    runs through a batch-N artifact in chunks of N (the last one padded, its padding
+    dropped from the outputs).
 
     \b
     Example:
       optc run model.vmfb --input x.npy --output y.npy
+      optc run model-b8.vmfb --input digits_test.npz --output logits.npy
     """
     import numpy as np
 
+    from optc.calibration import Samples
+    from optc.metadata import optc_info, read
     from optc.registry import load_registry
     from optc.report import load_report, write_bytes_atomic
 
     if not artifact.exists():
         raise InputError(f"artifact not found: {artifact}")
+    try:
+        described = optc_info(read(artifact))
+    except InputError as e:
+        raise InputError(f"{artifact}: {e}") from None
     sidecar = artifact.with_suffix(".json")
+    if described is None and sidecar.exists():  # an artifact from before optc wrote its metadata into it
+        described = load_report(sidecar)
     expected = None
     target_options = {}
-    if sidecar.exists():
-        rep = load_report(sidecar)
-        target = target or rep["target"]["name"]
-        target_options = {k: str(v) for k, v in rep["target"]["options"].items() if not isinstance(v, list)}
-        expected = rep.get("inputs")
+    if described is not None:
+        target = target or described["target"]["name"]
+        target_options = {k: str(v) for k, v in described["target"]["options"].items() if not isinstance(v, list)}
+        expected = [{"shape": list(s["shape"]), "dtype": s["dtype"]} for s in described["inputs"]]
     from optc.api import build_options
     from optc.errors import TargetUnavailableError
 
@@ -275,15 +296,27 @@ def run(artifact, inputs, output, target):
     if not ok:
         raise TargetUnavailableError(f"cannot run {artifact} here: {reason}")
     arrays = _read_inputs(inputs)
+    batch = None  # run in chunks of this many samples
     if expected is not None:
         got = [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in arrays]
         if got != expected:
-            raise InputError(f"inputs {_fmt(got)} do not match the artifact's inputs {_fmt(expected)}")
+            if not _same_samples(got, expected):
+                raise InputError(f"inputs {_fmt(got)} do not match the artifact's inputs {_fmt(expected)}")
+            batch = expected[0]["shape"][0]
     try:
         session = tgt.open(artifact.read_bytes(), options)
     except InputError as e:
         raise InputError(f"{artifact}: {e}") from None
-    outs = session(*arrays)
+    if batch is None:
+        outs = session(*arrays)
+    else:
+        chunks = []
+        for chunk, real in Samples(inputs[0], arrays, None).batches(batch):
+            results = session(*chunk)
+            if any(o.ndim == 0 or o.shape[0] != batch for o in results):
+                raise InputError(f"{artifact}: its outputs are not batch first; pass inputs of exactly {_fmt(expected)}")
+            chunks.append([o[:real] for o in results])
+        outs = [np.concatenate(parts) for parts in zip(*chunks)]
     if output is not None:
         buf = __import__("io").BytesIO()
         if output.suffix == ".npz":
@@ -296,6 +329,17 @@ def run(artifact, inputs, output, target):
     for i, o in enumerate(outs):
         flat = o.ravel()
         click.echo(f"out{i} {o.dtype} {'x'.join(map(str, o.shape))}: {np.array2string(flat[:8], precision=4)}{' …' if flat.size > 8 else ''}")
+
+
+def _same_samples(got: list[dict], expected: list[dict]) -> bool:
+    """Inputs that are samples for a batch artifact: each input as the artifact's but
+    for the batch (first) dimension, all with the same number of samples."""
+    return (
+        len(got) == len(expected)
+        and all(g["dtype"] == e["dtype"] and len(g["shape"]) == len(e["shape"]) >= 1 and g["shape"][1:] == e["shape"][1:] for g, e in zip(got, expected))
+        and len({g["shape"][0] for g in got}) == 1
+        and got[0]["shape"][0] > 0
+    )
 
 
 def _fmt(sig: list[dict]) -> str:
@@ -311,8 +355,11 @@ def _read_inputs(paths: Sequence[Path]) -> list:
     for p in paths:
         data = read_arrays(p, f"input file {p}")
         if isinstance(data, np.lib.npyio.NpzFile):
-            keys = sorted(data.files, key=lambda k: (len(k), k))
-            arrays.extend(data[k] for k in keys)
+            if "x" in data.files or "x0" in data.files:  # a sample file, as for --calib/--eval
+                keys = ["x"] if "x" in data.files else [k for k in data.files if k[0] == "x" and k[1:].isdigit()]
+            else:
+                keys = data.files
+            arrays.extend(data[k] for k in sorted(keys, key=lambda k: (len(k), k)))
         else:
             arrays.append(data)
     return arrays
@@ -323,13 +370,19 @@ def _read_inputs(paths: Sequence[Path]) -> list:
 @click.option("--mlir", "show_mlir", is_flag=True, help="also print the linalg IR (weights elided)")
 @model_options
 def inspect(model, show_mlir, trust, input_shapes):
-    """Print MODEL's weighted layers: op kind, weight shape, ops, params, FLOPs (MACs).
+    """Print MODEL's weighted layers: op kind, weight shape, ops, params, FLOPs (MACs);
+    or, for a compiled artifact (.vmfb), the metadata it carries.
 
     \b
     Example:
       optc inspect examples.models:cnn
+      optc inspect out/digits_cnn.vmfb
     """
     from optc.driver import load_and_lower
+
+    if model.endswith(".vmfb"):
+        _inspect_artifact(Path(model))
+        return
 
     _, program = load_and_lower(model, trust, input_shapes)
     stats = program.layer_stats()
@@ -341,6 +394,43 @@ def inspect(model, show_mlir, trust, input_shapes):
     click.echo(f"total: {program.total_params():,} params, {program.contraction_macs():,} MACs (all contractions)")
     if show_mlir:
         click.echo(program.to_text())
+
+
+def _inspect_artifact(path: Path) -> None:
+    """Print what an artifact says about itself (its IREE reflection attributes)."""
+    from optc.metadata import optc_info, read
+
+    if not path.is_file():
+        raise InputError(f"artifact not found: {path}")
+    try:
+        reflection = read(path)
+        info = optc_info(reflection)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    click.echo(f"artifact   {path} ({path.stat().st_size:,} bytes)")
+    click.echo(f"function   {reflection.get('iree.abi.declaration', 'main')}")
+    if info is None:
+        click.echo("optc       no optc metadata (not compiled by optc)")
+        return
+    click.echo(f"optc       {info['optc_version']} ({info['schema']})")
+    click.echo(f"model      {info['model']}")
+    for kind in ("inputs", "outputs"):
+        for s in info[kind]:
+            dims = "x".join("?" if d is None else str(d) for d in s["shape"])
+            click.echo(f"{kind[:-1]:<10} {s['name']}: {dims} {s['dtype']}")
+    if "labels" in info:
+        click.echo(f"labels     {', '.join(info['labels'])}")
+    click.echo(f"target     {info['target']['name']} {_fmt_options(info['target']['options'])}")
+    for m in info["methods"]:
+        click.echo(f"method     {m['name']} {_fmt_options(m['options'])}")
+    t = info["totals"]
+    click.echo(f"params     {t['params_before']:,} -> {t['params_after']:,} ({t['param_bytes_before']:,} -> {t['param_bytes_after']:,} bytes)")
+    reduction = f" ({t['flop_reduction']:.2f}x fewer)" if t.get("flop_reduction") else ""
+    click.echo(f"FLOPs(MAC) {t['macs_before']:,} -> {t['macs_after']:,}{reduction}")
+
+
+def _fmt_options(options: dict) -> str:
+    return " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in options.items())
 
 
 @main.command()
