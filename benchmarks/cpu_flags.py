@@ -18,25 +18,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optc.targets.cpu import FAST_FLAGS  # noqa: E402
 
-# Each set is (fast?, extra flags); "fast" is the first three of the default flags,
-# as they were before this sweep, so the rows stay comparable.
+IM2COL = "--iree-global-opt-use-im2col-for-convs"
+CHANNELS_LAST = "iree-preprocessing-convert-conv-to-channels-last"
+# IREE's Winograd F(6x6, 3x3) (8x8 input tiles) for 3x3 stride-1 dilation-1
+# NCHW/NHWC convs; without replace-all-convs only convs tagged __winograd_conv.
+WINOGRAD = "iree-linalg-ext-convert-conv2d-to-winograd{replace-all-convs=true}"
+
+
+def pipeline(*passes: str) -> str:
+    return f"--iree-preprocessing-pass-pipeline=builtin.module(util.func({','.join(passes)}))"
+
+
+def defaults(drop: tuple[str, ...] = (), preprocessing: tuple[str, ...] | None = None, add: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The cpu target's default flags without ``drop``, with another
+    preprocessing pipeline (its passes), plus ``add``."""
+    flags = [f for f in FAST_FLAGS if f not in drop and not (preprocessing is not None and f.startswith("--iree-preprocessing-pass-pipeline"))]
+    if preprocessing:
+        flags.append(pipeline(*preprocessing))
+    return (*flags, *add)
+
+
+# Each set is the whole flag list after --iree-llvmcpu-target-cpu. "fast" is the
+# first three default flags, as they were before the first sweep, so the rows of
+# that sweep stay comparable.
 BASE = FAST_FLAGS[:3]
 FLAG_SETS: dict[str, tuple[str, ...]] = {
-    "host only": ("--opt-none",),
-    "default (all fast flags)": ("--default",),
-    "fast": (),
-    "fast + aggressive fusion": ("--iree-dispatch-creation-enable-aggressive-fusion",),
-    "fast + ukernels": ("--iree-llvmcpu-enable-ukernels=all",),
-    "fast + ukernels + aggressive fusion": ("--iree-llvmcpu-enable-ukernels=all", "--iree-dispatch-creation-enable-aggressive-fusion"),
-    "fast + aggressive fusion + channels-last": (
-        "--iree-dispatch-creation-enable-aggressive-fusion",
-        "--iree-preprocessing-pass-pipeline=builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))",
-    ),
-    "fast + ukernels + aggressive fusion + channels-last": (
-        "--iree-llvmcpu-enable-ukernels=all",
-        "--iree-dispatch-creation-enable-aggressive-fusion",
-        "--iree-preprocessing-pass-pipeline=builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))",
-    ),
+    "host only": (),
+    "default (all fast flags)": FAST_FLAGS,
+    "fast": BASE,
+    "fast + aggressive fusion": (*BASE, "--iree-dispatch-creation-enable-aggressive-fusion"),
+    "fast + ukernels": (*BASE, "--iree-llvmcpu-enable-ukernels=all"),
+    "fast + ukernels + aggressive fusion": (*BASE, "--iree-llvmcpu-enable-ukernels=all", "--iree-dispatch-creation-enable-aggressive-fusion"),
+    "fast + aggressive fusion + channels-last": (*BASE, "--iree-dispatch-creation-enable-aggressive-fusion", pipeline(CHANNELS_LAST)),
+    # Convolution candidates (issue 10, item 3): ways around im2col materialization.
+    "default - im2col": defaults(drop=(IM2COL,)),
+    "default - im2col + conv data tiling": defaults(drop=(IM2COL,), add=tuple(
+        f"--iree-dispatch-creation-experimental-set-data-tiling-ops={ops}" for ops in ("matmul", "scaled_matmul", "convolution"))),
+    "default + winograd before channels-last": defaults(preprocessing=(WINOGRAD, CHANNELS_LAST)),
+    "default + winograd after channels-last": defaults(preprocessing=(CHANNELS_LAST, WINOGRAD)),
 }
 
 
@@ -50,7 +69,7 @@ def main() -> None:
     ap.add_argument("--sets", default="", help="comma-separated names of FLAG_SETS to run (default all)")
     args = ap.parse_args()
 
-    from optc.bench import BURST, artifact_worker, eager_worker, time_interleaved
+    from optc.bench import BURST, OtherLoad, artifact_worker, eager_worker, time_interleaved
     from optc.driver import load_and_lower, log
     from optc.errors import CompileError
     from optc.targets.cpu import CpuOptions, CpuTarget
@@ -67,11 +86,7 @@ def main() -> None:
         runners = {"eager": stack.enter_context(eager_worker(args.model, inputs, args.threads))}
         chosen = [s for s in FLAG_SETS if not args.sets or s in args.sets.split(",")]
         for name in chosen:
-            extra = FLAG_SETS[name]
-            if extra == ("--default",):
-                opts = CpuOptions()
-            else:
-                opts = CpuOptions(fast=False, flags=() if extra == ("--opt-none",) else BASE + extra)
+            opts = CpuOptions(fast=False, flags=FLAG_SETS[name])
             log(f"compiling '{name}': {' '.join(target.flags(opts))}")
             try:
                 art = target.compile(program, opts)
@@ -82,10 +97,14 @@ def main() -> None:
             err = compare(runners[name].outputs(), reference).max_rel
             log(f"  {art.compile_seconds:.0f} s compile, max rel err {err:.1e}")
         how = {name: r.description for name, r in runners.items()}
-        t = time_interleaved(runners, min_rounds=args.min_rounds, min_seconds=args.min_seconds, progress=log)
+        with OtherLoad([r.pid for r in runners.values()]) as other:
+            t = time_interleaved(runners, min_rounds=args.min_rounds, min_seconds=args.min_seconds, progress=log)
     eager = t["eager"].as_dict()["median"]
     print(f"\n{args.model}, batch {args.batch}, {args.threads} threads, {len(t['eager'].samples) // (BURST - 1)} interleaved rounds")
-    print(f"eager: {how['eager']}; each flag set: {how[chosen[0]] if len(how) > 1 else '-'}\n")
+    print(f"eager: {how['eager']}; each flag set: {how[chosen[0]] if len(how) > 1 else '-'}")
+    if other.share is not None:
+        print(f"other processes used {100 * other.share:.0f}% of the CPUs while timing")
+    print()
     print("| flags | median ms | p10–p90 ms | eager ÷ this |")
     print("|---|---|---|---|")
     for name, timing in t.items():

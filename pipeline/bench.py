@@ -103,6 +103,43 @@ def time_interleaved(
     return {k: Timing(v) for k, v in samples.items()}
 
 
+class OtherLoad:
+    """The share of the machine's CPU time that processes other than the bench's
+    own used while it timed: busy time from ``/proc/stat`` (steal included)
+    minus the parent's and the workers' CPU time, over all CPUs' time. A busy
+    machine makes every timing noisy, and PyTorch eager with its default
+    OpenMP spin-waiting most of all (2 cores, load average ~10: the reference
+    LSTM's eager median went from ~14 ms to over 1 s). ``share`` is None
+    where ``/proc`` is missing."""
+
+    def __init__(self, pids: Sequence[int], proc: Path = Path("/proc")):
+        self.pids, self.proc = [os.getpid(), *pids], proc
+        self.share: float | None = None
+
+    def _snapshot(self) -> tuple[int, int, int] | None:
+        try:
+            cpu = [int(x) for x in (self.proc / "stat").read_text().splitlines()[0].split()[1:9]]
+            ours = 0
+            for pid in self.pids:
+                stat = (self.proc / str(pid) / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+                ours += int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, ValueError, IndexError):
+            return None
+        user, nice, system, idle, iowait, irq, softirq, steal = cpu
+        return sum(cpu), user + nice + system + irq + softirq + steal, ours
+
+    def __enter__(self) -> "OtherLoad":
+        self._before = self._snapshot()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        after = self._snapshot()
+        if self._before is not None and after is not None and after[0] > self._before[0]:
+            total, busy, ours = (a - b for a, b in zip(after, self._before))
+            self.share = min(max((busy - ours) / total, 0.0), 1.0)
+
+
 # ---------------------------------------------------------------- workers
 
 
@@ -304,6 +341,10 @@ def format_table(bench: dict[str, Any]) -> str:
     lines.append("")
     for name, how in bench["timing"].items():
         lines.append(f"{LABELS[name] + ':':13}{how}")
+    share = bench.get("other_cpu_share")
+    if share is not None:
+        busy = "; timings are noisy, eager's spin-waiting OpenMP threads most" if share > 0.1 else ""
+        lines.append(f"{'machine:':13}other processes used {100 * share:.0f}% of the CPUs while timing{busy}")
     sp = bench["speedup"]
     lines.append("")
     lines.append(f"dense IREE vs eager       {sp['dense_vs_eager']:.2f}x")

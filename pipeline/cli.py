@@ -129,7 +129,7 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     import dataclasses
 
     from optc.api import parse_assignments
-    from optc.bench import BURST, artifact_worker, eager_worker, format_table, speedups, time_interleaved
+    from optc.bench import BURST, OtherLoad, artifact_worker, eager_worker, format_table, speedups, time_interleaved
     from optc.driver import compile_model, load_and_lower, log, select
     from optc.errors import TargetUnavailableError
     from optc.report import compile_report, write_json_atomic
@@ -166,7 +166,8 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
             timing["eager"] += f"; its outputs differ from the compiled model's (max rel err {mismatch:.2g}: does the factory seed its weights?)"
             log(f"warning: the eager worker's model gives other outputs than the compiled one (max rel err {mismatch:.2g})")
         log(f"timing {', '.join(runners)} interleaved")
-        timings = time_interleaved(runners, min_rounds=min_rounds, min_seconds=min_seconds, burst=BURST, progress=log)
+        with OtherLoad([r.pid for r in runners.values()]) as other:
+            timings = time_interleaved(runners, min_rounds=min_rounds, min_seconds=min_seconds, burst=BURST, progress=log)
     latency = {k: t.as_dict() for k, t in timings.items()}
     rounds = len(timings["eager"].samples) // (BURST - 1)
     final = compressed or dense
@@ -178,6 +179,7 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
         "batch": int(inputs[0].shape[0]) if inputs and inputs[0].ndim else None,
         "threads": threads,
         "timing": timing,
+        "other_cpu_share": other.share,
         "rounds": rounds,
         "latency_ms": latency,
         "speedup": sp,

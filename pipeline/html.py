@@ -225,6 +225,8 @@ def _artifact_rows(art: Mapping[str, Any]) -> list[Row]:
 def _bench_section(bench: Mapping[str, Any]) -> str:
     parts: list[str] = []
     setup = [(k.capitalize(), _int(bench.get(k))) for k in ("batch", "threads", "rounds") if k in bench]
+    if _is_num(bench.get("other_cpu_share")):
+        setup.append(("CPU used by other processes while timing", _percent(bench["other_cpu_share"])))
     if setup:
         parts.append(_table(setup))
     lat = _dict(bench.get("latency_ms"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from optc.bench import BURST, Timing, artifact_worker, eager_worker, format_table, rebatch, speedups, time_interleaved
+from optc.bench import BURST, OtherLoad, Timing, artifact_worker, eager_worker, format_table, rebatch, speedups, time_interleaved
 from optc.errors import InputError, LoadError
 from tests.conftest import REPO, lowered, optc_cli, vulkan_or_skip
 
@@ -48,6 +48,26 @@ def test_timings_are_the_runs_after_each_switch_and_their_median():
     assert d["min"] == pytest.approx(1.0) and d["max"] == pytest.approx(9.0) and d["samples"] == 6
     assert d["p10"] == pytest.approx(np.percentile([r * 1e3 for r in recorded], 10))
     assert d["min"] <= d["p10"] <= d["median"] <= d["p90"] <= d["max"]
+
+
+def test_other_load_is_the_machines_busy_time_not_ours(tmp_path):
+    def write(cpu: str, ours: dict[int, tuple[int, int]]) -> None:
+        (tmp_path / "stat").write_text(f"cpu  {cpu}\ncpu0 1 2 3 4 5 6 7 8\n")
+        for pid, (utime, stime) in ours.items():
+            (tmp_path / str(pid)).mkdir(exist_ok=True)
+            fields = ["S"] + ["0"] * 10 + [str(utime), str(stime)] + ["0"] * 30
+            (tmp_path / str(pid) / "stat").write_text(f"{pid} (python (worker) x) {' '.join(fields)}\n")
+
+    worker = os.getpid() + 1
+    # user nice system idle iowait irq softirq steal (guest fields ignored)
+    write("100 0 50 800 0 0 0 50 0 0", {os.getpid(): (10, 5), worker: (0, 0)})
+    with OtherLoad([worker], proc=tmp_path) as load:
+        write("300 0 100 1400 0 0 0 100 0 0", {os.getpid(): (20, 5), worker: (120, 20)})
+    # 900 jiffies passed, 300 of them busy, 150 of those ours
+    assert load.share == pytest.approx((300 - 150) / 900)
+    with OtherLoad([worker], proc=tmp_path / "missing") as load:
+        pass
+    assert load.share is None
 
 
 def test_speedups_are_ratios_of_medians():
@@ -168,6 +188,8 @@ def test_bench_report_says_how_each_runner_was_timed(bench_report):
     assert timing["dense"] == timing["compressed"] == "own process, IREE runtime (cpu target), 1 task workers"
     assert "torch eager: own process, PyTorch defaults, 1 threads" in proc.stdout
     assert "omp_wait_policy" not in report["bench"]
+    share = report["bench"]["other_cpu_share"]
+    assert 0.0 <= share <= 1.0 and f"other processes used {100 * share:.0f}% of the CPUs" in proc.stdout
 
 
 @pytest.mark.parametrize("args,message", [

@@ -67,7 +67,7 @@ def bench_report(compressed: bool = True) -> dict[str, Any]:
     stats = {"eager": (0.9, 0.85, 1.1, 0.8, 1.4), "dense": (0.5, 0.47, 0.6, 0.45, 0.7), "compressed": (0.15, 0.13, 0.2, 0.12, 0.3)}
     variants = ["eager", "dense"] + (["compressed"] if compressed else [])
     r["bench"] = {
-        "batch": 4, "threads": 2, "rounds": 50,
+        "batch": 4, "threads": 2, "rounds": 50, "other_cpu_share": 0.25,
         "timing": {v: ("own process, PyTorch defaults, 2 threads" if v == "eager" else "own process, IREE runtime (cpu target), 2 task workers")
                    for v in variants},
         "latency_ms": {v: dict(zip(("median", "p10", "p90", "min", "max"), stats[v]), samples=50) for v in variants},
@@ -158,6 +158,7 @@ def test_bench_page(compressed: bool):
     assert rows == (["eager", "dense", "compressed"] if compressed else ["eager", "dense"])
     assert "0.9</td>" in table and "1.4</td>" in table and "0.45</td>" in table and "1.1</td>" in table
     assert "<td>own process, PyTorch defaults, 2 threads</td>" in table
+    assert "CPU used by other processes while timing</th><td>25" in page
     assert "Speedup dense vs eager</th><td>1.8×" in page
     assert ("Speedup compressed vs dense</th><td>3.33×" in page) == compressed
     assert "Realized efficiency</th><td>0.65" in page
