@@ -240,6 +240,17 @@ def artifact_worker(target: str, options: Any, vmfb: bytes, inputs: Sequence[np.
     return Worker(spec, inputs, {"vmfb": vmfb})
 
 
+def eager_mismatch(worker: Worker, module: Any, inputs: Sequence[np.ndarray]) -> str:
+    """'' when the eager worker's model gives this process's outputs, else what
+    differs. It loads the model itself, so a factory that does not seed its
+    random weights builds other weights there: same architecture and latency,
+    but the report should say so."""
+    from optc.verify import compare, eager_outputs
+
+    err = compare(worker.outputs(), eager_outputs(module, inputs)).max_rel
+    return "" if err <= 1e-5 else f"outputs differ from the compiled model's (max rel err {err:.2g}: does the factory seed its weights?)"
+
+
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 

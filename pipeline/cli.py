@@ -129,11 +129,10 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     import dataclasses
 
     from optc.api import parse_assignments
-    from optc.bench import BURST, OtherLoad, artifact_worker, eager_worker, format_table, speedups, time_interleaved
+    from optc.bench import BURST, OtherLoad, artifact_worker, eager_mismatch, eager_worker, format_table, speedups, time_interleaved
     from optc.driver import compile_model, load_and_lower, log, select
     from optc.errors import TargetUnavailableError
     from optc.report import compile_report, write_json_atomic
-    from optc.verify import compare, eager_outputs
 
     if batch is not None and batch <= 0:
         raise InputError(f"--batch {batch}: must be a positive integer")
@@ -160,11 +159,10 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
         for name, c in artifacts.items():
             runners[name] = stack.enter_context(artifact_worker(target, sel.target_options, c.artifact.vmfb, inputs, threads))
         timing = {name: r.description for name, r in runners.items()}
-        mismatch = compare(runners["eager"].outputs(), eager_outputs(lowered[0].module, inputs)).max_rel
-        if mismatch > 1e-5:
-            # Same architecture, so the same latency; but say so: the weights differ.
-            timing["eager"] += f"; its outputs differ from the compiled model's (max rel err {mismatch:.2g}: does the factory seed its weights?)"
-            log(f"warning: the eager worker's model gives other outputs than the compiled one (max rel err {mismatch:.2g})")
+        mismatch = eager_mismatch(runners["eager"], lowered[0].module, inputs)
+        if mismatch:
+            timing["eager"] += f"; {mismatch}"
+            log(f"warning: the eager worker's {mismatch}")
         log(f"timing {', '.join(runners)} interleaved")
         with OtherLoad([r.pid for r in runners.values()]) as other:
             timings = time_interleaved(runners, min_rounds=min_rounds, min_seconds=min_seconds, burst=BURST, progress=log)

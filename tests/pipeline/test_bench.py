@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from optc.bench import BURST, OtherLoad, Timing, artifact_worker, eager_worker, format_table, rebatch, speedups, time_interleaved
+from optc.bench import BURST, OtherLoad, Timing, artifact_worker, eager_mismatch, eager_worker, format_table, rebatch, speedups, time_interleaved
 from optc.errors import InputError, LoadError
 from tests.conftest import REPO, lowered, optc_cli, vulkan_or_skip
 
@@ -121,6 +121,22 @@ def test_eager_runs_in_its_own_process_with_pytorch_defaults(monkeypatch):
         assert w.proc.poll() is None  # persistent: still there for the next burst
         assert len(w.burst(2)) == 2
     assert w.proc.poll() is not None  # closed with the context
+
+
+def unseeded():
+    return torch.nn.Linear(8, 8), (torch.ones(2, 8),)
+
+
+@pytest.mark.parametrize("factory,differs", [("examples.models:mlp", False), ("tests.pipeline.test_bench:unseeded", True)])
+def test_eager_worker_weights_are_checked_against_the_compiled_models(factory, differs, monkeypatch):
+    from optc.load import load_model
+
+    monkeypatch.chdir(REPO)
+    loaded = load_model(factory)
+    inputs = [t.numpy() for t in loaded.example_inputs]
+    with eager_worker(factory, inputs, threads=1) as w:
+        note = eager_mismatch(w, loaded.module, inputs)
+    assert note.startswith("outputs differ from the compiled model's") if differs else note == ""
 
 
 def test_eager_worker_honours_trust(tmp_path, monkeypatch):
