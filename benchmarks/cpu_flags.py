@@ -23,8 +23,7 @@ IM2COL = "--iree-global-opt-use-im2col-for-convs"
 CHANNELS_LAST = "iree-preprocessing-convert-conv-to-channels-last"
 # IREE's Winograd F(6x6, 3x3) (8x8 input tiles) for 3x3 stride-1 dilation-1
 # NCHW/NHWC convs; without replace-all-convs only convs tagged __winograd_conv
-# (tag_winograd_convs). It must run before channels-last, which turns named
-# convs into generics it does not match.
+# (tag_winograd_convs). It matches convs before and after channels-last.
 WINOGRAD_ALL = "iree-linalg-ext-convert-conv2d-to-winograd{replace-all-convs=true}"
 WINOGRAD_TAGGED = "iree-linalg-ext-convert-conv2d-to-winograd"
 # The 8x8 transformed filters are 7.1x the 3x3 ones; past IREE's default size
