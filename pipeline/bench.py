@@ -108,9 +108,10 @@ class OtherLoad:
     own used while it timed: busy time from ``/proc/stat`` (steal included)
     minus the parent's and the workers' CPU time, over all CPUs' time. A busy
     machine makes every timing noisy, and PyTorch eager with its default
-    OpenMP spin-waiting most of all (2 cores, load average ~10: the reference
-    LSTM's eager median went from ~14 ms to over 1 s). ``share`` is None
-    where ``/proc`` is missing."""
+    OpenMP spin-waiting most of all (2 cores, 89% used by others: the
+    reference LSTM's eager median was 904 ms with the default wait policy and
+    30.5 ms with OMP_WAIT_POLICY=PASSIVE, both in their own processes,
+    interleaved). ``share`` is None where ``/proc`` is missing."""
 
     def __init__(self, pids: Sequence[int], proc: Path = Path("/proc")):
         self.pids, self.proc = [os.getpid(), *pids], proc
