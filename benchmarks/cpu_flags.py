@@ -59,6 +59,18 @@ FLAG_SETS: dict[str, tuple[str, ...]] = {
     "fast + ukernels + aggressive fusion": (*BASE, "--iree-llvmcpu-enable-ukernels=all", "--iree-dispatch-creation-enable-aggressive-fusion"),
     "fast + aggressive fusion + channels-last": (*BASE, "--iree-dispatch-creation-enable-aggressive-fusion", pipeline(CHANNELS_LAST)),
     # Convolution candidates (issue 10, item 3): ways around im2col materialization.
+    # ResNet-18-shaped, batch 1, 2 threads, 2026-11-23 on a 2-core machine that other
+    # processes kept 83-91% busy (so absolute ms are ~10x quiet ones; compare rows
+    # of one run only). Medians, default ÷ this (p10-p90 of each row overlap):
+    #   - im2col (direct conv, data tiling on matmuls only)  0.10x   run 1
+    #   - im2col + conv data tiling (experimental in 3.13)    0.10x   run 1
+    #   + winograd, all 3x3 stride-1 convs                    0.17x   run 1 (filters
+    #       re-transformed and re-packed every call: 80% of dispatch time)
+    #   + winograd + hoisted filters                          1.31x, 1.55x (runs 4, 2)
+    #       artifact 44.7 -> 264.8 MiB; stage-4 64x4x512x512 batch_matmul is 29%
+    #   + winograd on tagged convs (>= 56x56) + hoisted      1.20x   run 4, 48.2 MiB
+    #   + winograd on tagged convs (>= 28x28) + hoisted      1.61x, 1.43x (runs 4, 2), 58.5 MiB
+    #   + winograd on tagged convs (>= 14x14) + hoisted      1.52x   run 3
     "default - im2col": defaults(drop=(IM2COL,)),
     "default - im2col + conv data tiling": defaults(drop=(IM2COL,), add=tuple(
         f"--iree-dispatch-creation-experimental-set-data-tiling-ops={ops}" for ops in ("matmul", "scaled_matmul", "convolution"))),
