@@ -1,7 +1,7 @@
 """bcr's realized efficiency (speedup ÷ FLOP reduction) at 4× fewer FLOPs in the
 pruned layers: the reference LSTM (all gate matrices) and the reference
 BERT-shaped encoder (every linear layer but the 2-way head), batch 1 and 32,
-cpu target, with `optc bench` (eager, dense and compressed interleaved in one
+cpu target, with `optc bench` (eager, dense and compressed interleaved, each in its own
 process). Prints a markdown table.
 
     .venv/bin/python benchmarks/bcr_efficiency.py [--block 0] [--threads 2] [--batches 1,32] [--min-rounds 20]

@@ -1,5 +1,6 @@
-"""Measure IREE llvm-cpu flag sets against PyTorch eager on one model, in one
-process, interleaved — how the cpu target's default flags were chosen.
+"""Measure IREE llvm-cpu flag sets against PyTorch eager on one model, each in its
+own worker process (optc.bench), interleaved — how the cpu target's default
+flags were chosen.
 
     .venv/bin/python benchmarks/cpu_flags.py examples.reference_models:bert [--threads 2] [--batch 1]
 """
@@ -7,35 +8,97 @@ process, interleaved — how the cpu target's default flags were chosen.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optc.targets.cpu import FAST_FLAGS  # noqa: E402
 
-# Each set is (fast?, extra flags); "fast" is the first three of the default flags,
-# as they were before this sweep, so the rows stay comparable.
+IM2COL = "--iree-global-opt-use-im2col-for-convs"
+CHANNELS_LAST = "iree-preprocessing-convert-conv-to-channels-last"
+# IREE's Winograd F(6x6, 3x3) (8x8 input tiles) for 3x3 stride-1 dilation-1
+# NCHW/NHWC convs; without replace-all-convs only convs tagged __winograd_conv
+# (tag_winograd_convs). It matches convs before and after channels-last.
+WINOGRAD_ALL = "iree-linalg-ext-convert-conv2d-to-winograd{replace-all-convs=true}"
+WINOGRAD_TAGGED = "iree-linalg-ext-convert-conv2d-to-winograd"
+# The 8x8 transformed filters are 7.1x the 3x3 ones; past IREE's default size
+# limit for hoisting constant expressions they are re-transformed and re-packed
+# on every call (57% + 23% of ResNet-18's dispatch time, measured). Hoisted,
+# const-eval folds them into the artifact at compile time.
+HOIST_ANY_SIZE = "--iree-opt-const-expr-max-size-increase-threshold=1000000000000"
+
+
+def pipeline(*passes: str) -> str:
+    return f"--iree-preprocessing-pass-pipeline=builtin.module(util.func({','.join(passes)}))"
+
+
+def defaults(drop: tuple[str, ...] = (), preprocessing: tuple[str, ...] | None = None, add: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The cpu target's default flags without ``drop``, with another
+    preprocessing pipeline (its passes), plus ``add``."""
+    flags = [f for f in FAST_FLAGS if f not in drop and not (preprocessing is not None and f.startswith("--iree-preprocessing-pass-pipeline"))]
+    if preprocessing:
+        flags.append(pipeline(*preprocessing))
+    return (*flags, *add)
+
+
+# Each set is the whole flag list after --iree-llvmcpu-target-cpu. "fast" is the
+# first three default flags, as they were before the first sweep, so the rows of
+# that sweep stay comparable.
 BASE = FAST_FLAGS[:3]
 FLAG_SETS: dict[str, tuple[str, ...]] = {
-    "host only": ("--opt-none",),
-    "default (all fast flags)": ("--default",),
-    "fast": (),
-    "fast + aggressive fusion": ("--iree-dispatch-creation-enable-aggressive-fusion",),
-    "fast + ukernels": ("--iree-llvmcpu-enable-ukernels=all",),
-    "fast + ukernels + aggressive fusion": ("--iree-llvmcpu-enable-ukernels=all", "--iree-dispatch-creation-enable-aggressive-fusion"),
-    "fast + aggressive fusion + channels-last": (
-        "--iree-dispatch-creation-enable-aggressive-fusion",
-        "--iree-preprocessing-pass-pipeline=builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))",
-    ),
-    "fast + ukernels + aggressive fusion + channels-last": (
-        "--iree-llvmcpu-enable-ukernels=all",
-        "--iree-dispatch-creation-enable-aggressive-fusion",
-        "--iree-preprocessing-pass-pipeline=builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))",
-    ),
+    "host only": (),
+    "default (all fast flags)": FAST_FLAGS,
+    "fast": BASE,
+    "fast + aggressive fusion": (*BASE, "--iree-dispatch-creation-enable-aggressive-fusion"),
+    "fast + ukernels": (*BASE, "--iree-llvmcpu-enable-ukernels=all"),
+    "fast + ukernels + aggressive fusion": (*BASE, "--iree-llvmcpu-enable-ukernels=all", "--iree-dispatch-creation-enable-aggressive-fusion"),
+    "fast + aggressive fusion + channels-last": (*BASE, "--iree-dispatch-creation-enable-aggressive-fusion", pipeline(CHANNELS_LAST)),
+    # Convolution candidates (issue 10, item 3): ways around im2col materialization.
+    # ResNet-18-shaped, batch 1, 2 threads, 2026-11-23 on a 2-core machine that other
+    # processes kept 83-91% busy (so absolute ms are ~10x quiet ones; compare rows
+    # of one run only). Medians, default ÷ this (p10-p90 of each row overlap):
+    #   - im2col (direct conv, data tiling on matmuls only)  0.10x   run 1
+    #   - im2col + conv data tiling (experimental in 3.13)    0.10x   run 1
+    #   + winograd, all 3x3 stride-1 convs                    0.17x   run 1 (filters
+    #       re-transformed and re-packed every call: 80% of dispatch time)
+    #   + winograd + hoisted filters                          1.31x, 1.55x (runs 4, 2)
+    #       artifact 44.7 -> 264.8 MiB; stage-4 64x4x512x512 batch_matmul is 29%
+    #   + winograd on tagged convs (>= 56x56) + hoisted      1.20x   run 4, 48.2 MiB
+    #   + winograd on tagged convs (>= 28x28) + hoisted      1.61x, 1.43x (runs 4, 2), 58.5 MiB
+    #   + winograd on tagged convs (>= 14x14) + hoisted      1.52x   run 3
+    "default - im2col": defaults(drop=(IM2COL,)),
+    "default - im2col + conv data tiling": defaults(drop=(IM2COL,), add=tuple(
+        f"--iree-dispatch-creation-experimental-set-data-tiling-ops={ops}" for ops in ("matmul", "scaled_matmul", "convolution"))),
+    "default + winograd before channels-last": defaults(preprocessing=(WINOGRAD_ALL, CHANNELS_LAST)),
+    "default + winograd after channels-last": defaults(preprocessing=(CHANNELS_LAST, WINOGRAD_ALL)),
+    "default + winograd + hoisted filters": defaults(preprocessing=(WINOGRAD_ALL, CHANNELS_LAST), add=(HOIST_ANY_SIZE,)),
+    "default + winograd on tagged convs + hoisted filters": defaults(preprocessing=(WINOGRAD_TAGGED, CHANNELS_LAST), add=(HOIST_ANY_SIZE,)),
 }
+
+
+def tag_winograd_convs(program: Any, min_size: int) -> int:
+    """Tag every 3x3 stride-1 NCHW conv whose output is at least min_size x
+    min_size for IREE's Winograd pass, and return how many. Small outputs pay
+    for Winograd's padding to 6x6 tiles (7x7 -> 12x12) and read 7.1x more
+    filter bytes per output tile, so they stay on im2col."""
+    from torch_mlir import ir
+
+    tagged = 0
+    for op in program.ops():
+        if op.name != "linalg.conv_2d_nchw_fchw":
+            continue
+        kernel, out = op.operands[1].type.shape, op.results[0].type.shape
+        strides = list(ir.DenseIntElementsAttr(op.attributes["strides"]))
+        dilations = list(ir.DenseIntElementsAttr(op.attributes["dilations"]))
+        if kernel[2:] == [3, 3] and strides == [1, 1] and dilations == [1, 1] and min(out[2:]) >= min_size:
+            op.attributes["__winograd_conv"] = ir.UnitAttr.get(program.context)
+            tagged += 1
+    return tagged
 
 
 def main() -> None:
@@ -44,52 +107,53 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--min-seconds", type=float, default=5.0)
+    ap.add_argument("--min-rounds", type=int, default=20)
     ap.add_argument("--sets", default="", help="comma-separated names of FLAG_SETS to run (default all)")
+    ap.add_argument("--winograd-min-size", type=int, default=28, help="tag 3x3 stride-1 convs with outputs at least this big for the 'tagged' Winograd set")
     args = ap.parse_args()
 
-    from optc.bench import passive_openmp, set_threads, time_interleaved
-
-    passive_openmp()  # as optc bench does, before torch is imported
-    import torch
-
+    from optc.bench import BURST, OtherLoad, artifact_worker, eager_worker, time_interleaved
     from optc.driver import load_and_lower, log
     from optc.errors import CompileError
     from optc.targets.cpu import CpuOptions, CpuTarget
     from optc.verify import compare, eager_outputs
 
-    set_threads(args.threads)
+    unknown = [s for s in args.sets.split(",") if s and s not in FLAG_SETS]
+    if unknown:
+        sys.exit(f"unknown flag sets {unknown}; known: {list(FLAG_SETS)}")
     loaded, program = load_and_lower(args.model, False, (), args.batch)
+    log(f"{tag_winograd_convs(program, args.winograd_min_size)} convs tagged for Winograd (>= {args.winograd_min_size}x{args.winograd_min_size} outputs)")
     inputs = program.example_inputs
     reference = eager_outputs(loaded.module, inputs)
-    torch_inputs = [torch.from_numpy(x) for x in inputs]
     target = CpuTarget()
-    runners = {"eager": lambda: loaded.module(*torch_inputs)}
-    chosen = [s for s in FLAG_SETS if not args.sets or s in args.sets.split(",")]
-    for name in chosen:
-        extra = FLAG_SETS[name]
-        if extra == ("--default",):
-            opts = CpuOptions()
-        else:
-            opts = CpuOptions(fast=False, flags=() if extra == ("--opt-none",) else BASE + extra)
-        log(f"compiling '{name}': {' '.join(target.flags(opts))}")
-        try:
-            art = target.compile(program, opts)
-        except CompileError as e:
-            print(f"{name}: {e}")
-            continue
-        session = target.open(art.vmfb, opts)
-        err = compare(session(*inputs), reference).max_rel
-        log(f"  {art.compile_seconds:.0f} s compile, max rel err {err:.1e}")
-        runners[name] = (lambda s: lambda: s.invoke(*inputs))(session)
-    with torch.no_grad():
-        t = time_interleaved(runners, min_seconds=args.min_seconds, progress=log)
+    with contextlib.ExitStack() as stack:
+        runners = {"eager": stack.enter_context(eager_worker(args.model, inputs, args.threads))}
+        chosen = [s for s in FLAG_SETS if not args.sets or s in args.sets.split(",")]
+        for name in chosen:
+            opts = CpuOptions(fast=False, flags=FLAG_SETS[name])
+            log(f"compiling '{name}': {' '.join(target.flags(opts))}")
+            try:
+                art = target.compile(program, opts)
+            except CompileError as e:
+                print(f"{name}: {e}")
+                continue
+            runners[name] = stack.enter_context(artifact_worker("cpu", opts, art.vmfb, inputs, args.threads))
+            err = compare(runners[name].outputs(), reference).max_rel
+            log(f"  {art.compile_seconds:.0f} s compile, max rel err {err:.1e}")
+        how = {name: r.description for name, r in runners.items()}
+        with OtherLoad([r.pid for r in runners.values()]) as other:
+            t = time_interleaved(runners, min_rounds=args.min_rounds, min_seconds=args.min_seconds, progress=log)
     eager = t["eager"].as_dict()["median"]
-    print(f"\n{args.model}, batch {args.batch}, {args.threads} threads, {len(t['eager'].samples)} interleaved rounds\n")
-    print("| flags | median ms | eager ÷ this |")
-    print("|---|---|---|")
+    print(f"\n{args.model}, batch {args.batch}, {args.threads} threads, {len(t['eager'].samples) // (BURST - 1)} interleaved rounds")
+    print(f"eager: {how['eager']}; each flag set: {how[chosen[0]] if len(how) > 1 else '-'}")
+    if other.share is not None:
+        print(f"other processes used {100 * other.share:.0f}% of the CPUs while timing")
+    print()
+    print("| flags | median ms | p10–p90 ms | eager ÷ this |")
+    print("|---|---|---|---|")
     for name, timing in t.items():
-        med = timing.as_dict()["median"]
-        print(f"| {name} | {med:.2f} | {eager / med:.2f} |")
+        d = timing.as_dict()
+        print(f"| {name} | {d['median']:.2f} | {d['p10']:.2f}–{d['p90']:.2f} | {eager / d['median']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ under `iree-benchmark-module` with HAL host-execution profiling, and prints
 the top dispatches from `iree-profile statistics`.
 
     .venv/bin/python benchmarks/profile_dispatches.py examples.reference_models:lstm [--threads 2] [--top 15] [--flag=...]
+        [--set "default + winograd before channels-last"]   # a flag set of cpu_flags.py
         [--plugins bcr --opt bcr.block=512 ...]
 """
 
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--repetitions", type=int, default=20)
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--flag", action="append", default=[], help="extra IREE compiler flag (repeatable)")
+    ap.add_argument("--set", dest="flag_set", default="", help="compile with this flag set of cpu_flags.py instead of the defaults")
     ap.add_argument("--plugins", default="", help="compression methods to apply first, as for optc compile")
     ap.add_argument("--opt", action="append", default=[], help="method option M.FIELD=V (repeatable)")
     args = ap.parse_args()
@@ -49,7 +51,12 @@ def main() -> None:
     sel = select(methods, "cpu", parse_assignments(args.opt, "--opt"), {})
     _, program = load_and_lower(args.model, False, (), args.batch)
     apply_methods(program, sel.methods, MethodContext())
-    opts = CpuOptions(flags=tuple(args.flag))
+    if args.flag_set:
+        from cpu_flags import FLAG_SETS  # this directory is on sys.path when run as a script
+
+        opts = CpuOptions(fast=False, flags=(*FLAG_SETS[args.flag_set], *args.flag))
+    else:
+        opts = CpuOptions(flags=tuple(args.flag))
     art = CpuTarget().compile(program, opts)
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:

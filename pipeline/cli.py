@@ -119,7 +119,7 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
 @click.argument("model")
 @selection_options
 @click.option("--batch", type=int, default=None, help="batch size: replaces the first dimension of every input [default: the example inputs']")
-@click.option("--threads", type=int, default=2, show_default=True, help="threads for PyTorch and IREE alike")
+@click.option("--threads", type=int, default=2, show_default=True, help="threads for PyTorch and IREE alike (each runner in its own process)")
 @click.option("--min-rounds", type=int, default=20, show_default=True, help="at least this many interleaved timing rounds")
 @click.option("--min-seconds", type=float, default=3.0, show_default=True, help="and at least this much timing work")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="write the bench report (JSON) here")
@@ -128,21 +128,19 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
 @model_options
 def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds, min_seconds, json_out, tolerance, calib, trust, input_shapes):
     """Measure PyTorch eager, the dense IREE compile and the compressed IREE compile
-    of MODEL side by side (same process, same threads, interleaved rounds), and
-    print latency medians, speedups, FLOP reduction and realized efficiency.
+    of MODEL side by side (each in its own process with its defaults, same
+    threads, interleaved rounds), and print latency medians, speedups, FLOP
+    reduction and realized efficiency.
 
     \b
     Example:
       optc bench --plugins lowrank --opt lowrank.rank=32 --batch 8 --threads 2 examples.models:mlp --json bench.json
     """
+    import contextlib
     import dataclasses
 
-    from optc.bench import BURST, format_table, passive_openmp, set_threads, speedups, time_interleaved
-
-    omp_policy = passive_openmp()  # before torch is imported
-    import torch
-
     from optc.api import parse_assignments
+    from optc.bench import BURST, OtherLoad, artifact_worker, eager_mismatch, eager_worker, format_table, speedups, time_interleaved
     from optc.driver import compile_model, load_and_lower, log, select
     from optc.errors import TargetUnavailableError
     from optc.report import compile_report, write_json_atomic
@@ -157,7 +155,6 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     ok, why = sel.target.runs_here(sel.target_options)
     if not ok:
         raise TargetUnavailableError(f"cannot time target {target!r} here: {why}")
-    set_threads(threads)
     lowered = load_and_lower(model, trust, input_shapes, batch)
     log("dense compile")
     dense = compile_model(model, dataclasses.replace(sel, methods=[]), tolerance=tolerance, loaded_and_lowered=lowered)
@@ -166,17 +163,20 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
         log("compressed compile")
         compressed = compile_model(model, sel, tolerance=tolerance, loaded_and_lowered=lowered, calib=calib)
     inputs = dense.program.example_inputs
-    torch_inputs = [torch.from_numpy(x) for x in inputs]
-    module = lowered[0].module
-    runners = {"eager": lambda: module(*torch_inputs)}
-    dense_session = sel.target.open(dense.artifact.vmfb, sel.target_options)
-    runners["dense"] = lambda: dense_session.invoke(*inputs)
-    if compressed is not None:
-        comp_session = sel.target.open(compressed.artifact.vmfb, sel.target_options)
-        runners["compressed"] = lambda: comp_session.invoke(*inputs)
-    log(f"timing {', '.join(runners)} interleaved")
-    with torch.no_grad():
-        timings = time_interleaved(runners, min_rounds=min_rounds, min_seconds=min_seconds, burst=BURST, progress=log)
+    artifacts = {"dense": dense, **({"compressed": compressed} if compressed is not None else {})}
+    log(f"starting one worker process each for eager, {', '.join(artifacts)}")
+    with contextlib.ExitStack() as stack:
+        runners = {"eager": stack.enter_context(eager_worker(model, inputs, threads, trust=trust, input_shapes=input_shapes))}
+        for name, c in artifacts.items():
+            runners[name] = stack.enter_context(artifact_worker(target, sel.target_options, c.artifact.vmfb, inputs, threads))
+        timing = {name: r.description for name, r in runners.items()}
+        mismatch = eager_mismatch(runners["eager"], lowered[0].module, inputs)
+        if mismatch:
+            timing["eager"] += f"; {mismatch}"
+            log(f"warning: the eager worker's {mismatch}")
+        log(f"timing {', '.join(runners)} interleaved")
+        with OtherLoad([r.pid for r in runners.values()]) as other:
+            timings = time_interleaved(runners, min_rounds=min_rounds, min_seconds=min_seconds, burst=BURST, progress=log)
     latency = {k: t.as_dict() for k, t in timings.items()}
     rounds = len(timings["eager"].samples) // (BURST - 1)
     final = compressed or dense
@@ -187,7 +187,8 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     report["bench"] = {
         "batch": int(inputs[0].shape[0]) if inputs and inputs[0].ndim else None,
         "threads": threads,
-        "omp_wait_policy": omp_policy,
+        "timing": timing,
+        "other_cpu_share": other.share,
         "rounds": rounds,
         "latency_ms": latency,
         "speedup": sp,

@@ -225,6 +225,8 @@ def _artifact_rows(art: Mapping[str, Any]) -> list[Row]:
 def _bench_section(bench: Mapping[str, Any]) -> str:
     parts: list[str] = []
     setup = [(k.capitalize(), _int(bench.get(k))) for k in ("batch", "threads", "rounds") if k in bench]
+    if _is_num(bench.get("other_cpu_share")):
+        setup.append(("CPU used by other processes while timing", _percent(bench["other_cpu_share"])))
     if setup:
         parts.append(_table(setup))
     lat = _dict(bench.get("latency_ms"))
@@ -232,9 +234,13 @@ def _bench_section(bench: Mapping[str, Any]) -> str:
     for v in LATENCY_VARIANTS:
         s = lat.get(v)
         if isinstance(s, Mapping):
-            lat_rows.append([(_esc(v), False), (_num(s.get("median")), True), (_num(s.get("min")), True), (_num(s.get("max")), True), (_int(s.get("samples")), True)])
+            how = _dict(bench.get("timing")).get(v)
+            lat_rows.append([(_esc(v), False), (_num(s.get("median")), True), (_num(s.get("p10")), True), (_num(s.get("p90")), True),
+                             (_num(s.get("min")), True), (_num(s.get("max")), True), (_int(s.get("samples")), True),
+                             (_esc(how) if how is not None else "—", False)])
     if lat_rows:
-        parts.append(_grid(["variant", "median (ms)", "min (ms)", "max (ms)", "samples"], lat_rows, "latency-table"))
+        header = ["variant", "median (ms)", "p10 (ms)", "p90 (ms)", "min (ms)", "max (ms)", "samples", "timed how"]
+        parts.append(_grid(header, lat_rows, "latency-table"))
     elif lat == {} and "latency_ms" in bench:
         parts.append("<p>No latency measurements.</p>")
     rows: list[Row] = []
@@ -338,32 +344,44 @@ def _layer_bars(plt: Any, layers: Sequence[Mapping[str, Any]], key: str, xlabel:
         plt.close(fig)
 
 
-def _latency_bars(plt: Any, lat: Mapping[str, Any]) -> str | None:
+def _latency_bars(plt: Any, lat: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Median bars with p10–p90 whiskers on a linear axis scaled to the whiskers,
+    so one slow outlier run cannot flatten the medians. Reports without
+    percentiles get min–max whiskers on a log axis instead. Returns (data URI,
+    what the whiskers show)."""
     variants = [v for v in LATENCY_VARIANTS if isinstance(lat.get(v), Mapping) and _is_num(lat[v].get("median"))]
     if not variants:
         return None
     med = [_value(lat[v]["median"]) for v in variants]
+
     def bound(v: str, key: str, default: float) -> float:
         x = lat[v].get(key)
         return float(x) if _is_num(x) and math.isfinite(x) else default
 
-    lo = [max(m - bound(v, "min", m), 0.0) for m, v in zip(med, variants)]
-    hi = [max(bound(v, "max", m) - m, 0.0) for m, v in zip(med, variants)]
+    percentiles = all(_is_num(lat[v].get("p10")) and _is_num(lat[v].get("p90")) for v in variants)
+    low, high, whiskers = ("p10", "p90", "p10–p90") if percentiles else ("min", "max", "min–max")
+    log_scale = not percentiles and min(med) > 0
+    lo = [max(m - bound(v, low, m), 0.0) for m, v in zip(med, variants)]
+    hi = [max(bound(v, high, m) - m, 0.0) for m, v in zip(med, variants)]
     colors = {"eager": "#ff7f0e", "dense": "#9e9e9e", "compressed": "#1f77b4"}
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     try:
         x = list(range(len(variants)))
         ax.bar(x, med, yerr=[lo, hi], capsize=6, color=[colors[v] for v in variants], width=0.6)
         ax.set_xticks(x, labels=variants)
-        ax.set_ylabel("latency (ms)")
-        ax.set_title("Latency: median, whiskers min–max")
-        top = max(m + h for m, h in zip(med, hi)) or 1.0
+        ax.set_ylabel("latency (ms)" + (", log scale" if log_scale else ""))
+        ax.set_title(f"Latency: median, whiskers {whiskers}")
         for xi, m in zip(x, med):
             ax.annotate(f"{m:.3g} ms", (xi, m), xytext=(8, 3), textcoords="offset points", fontsize=9)
-        ax.set_ylim(0, top * 1.15)
+        top = max(m + h for m, h in zip(med, hi)) or 1.0
+        if log_scale:
+            ax.set_yscale("log")
+            ax.set_ylim(min(m - l for m, l in zip(med, lo)) / 1.5 or min(med) / 2, top * 1.5)
+        else:
+            ax.set_ylim(0, top * 1.15)
         ax.grid(axis="y", color="#e5e5e5")
         ax.set_axisbelow(True)
-        return _figure_uri(fig)
+        return _figure_uri(fig), whiskers
     finally:
         plt.close(fig)
 
@@ -385,9 +403,10 @@ def _plots(report: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> li
                         _layer_bars(plt, layers, "params", "parameters", "Parameters per layer")))
         bench = _dict(report.get("bench"))
         if report.get("kind") == "bench" and bench:
-            uri = _latency_bars(plt, _dict(bench.get("latency_ms")))
-            if uri:
-                out.append(("plot-latency", "Latency in milliseconds (median, min–max) for eager, dense and compressed", uri))
+            drawn = _latency_bars(plt, _dict(bench.get("latency_ms")))
+            if drawn:
+                uri, whiskers = drawn
+                out.append(("plot-latency", f"Latency in milliseconds (median, whiskers {whiskers}) for eager, dense and compressed", uri))
     return out
 
 

@@ -1,18 +1,33 @@
-"""bench: interleaved timing, ratios from its own medians, batch handling."""
+"""bench: interleaved timing, ratios from its own medians, batch handling, and
+each runner in its own worker process."""
 
 import json
+import os
+import statistics
 
 import numpy as np
 import pytest
+import torch
 
-from optc.bench import BURST, Timing, format_table, rebatch, speedups, time_interleaved
-from optc.errors import InputError
-from tests.conftest import optc_cli, vulkan_or_skip
+from optc.bench import BURST, OtherLoad, Timing, artifact_worker, eager_mismatch, eager_worker, format_table, rebatch, speedups, time_interleaved
+from optc.errors import InputError, LoadError
+from tests.conftest import REPO, lowered, optc_cli, vulkan_or_skip
+
+
+class Scripted:
+    """A runner that records when it is asked to run and answers scripted durations."""
+
+    def __init__(self, name: str, calls: list, durations: list[float] | None = None):
+        self.name, self.calls, self.durations = name, calls, list(durations or [])
+
+    def burst(self, n: int) -> list[float]:
+        self.calls.extend([self.name] * n)
+        return [self.durations.pop(0) if self.durations else 0.001 for _ in range(n)]
 
 
 def test_runners_are_timed_round_robin_after_warmup():
-    calls = []
-    runners = {k: (lambda k=k: calls.append(k)) for k in ("eager", "dense", "compressed")}
+    calls: list[str] = []
+    runners = {k: Scripted(k, calls) for k in ("eager", "dense", "compressed")}
     t = time_interleaved(runners, warmup=2, min_rounds=6, min_seconds=0.0, burst=2)
     assert calls[:6] == ["eager", "dense", "compressed"] * 2  # warm-up
     # interleaved in bursts of 2 (the first after a switch is untimed), each round
@@ -20,6 +35,39 @@ def test_runners_are_timed_round_robin_after_warmup():
     rotation = ["eager", "dense", "compressed", "dense", "compressed", "eager", "compressed", "eager", "dense"]
     assert calls[6:] == [n for n in rotation for _ in range(2)] * 2
     assert all(len(x.samples) == 6 for x in t.values())
+
+
+def test_timings_are_the_runs_after_each_switch_and_their_median():
+    # warm-up run, then bursts of 3: the first of each burst (100 s) must be dropped
+    durations = [50.0] + [100.0, 0.004, 0.002, 100.0, 0.009, 0.001, 100.0, 0.003, 0.005]
+    t = time_interleaved({"eager": Scripted("eager", [], durations)}, warmup=1, min_rounds=3, min_seconds=0.0, burst=3)
+    recorded = [0.004, 0.002, 0.009, 0.001, 0.003, 0.005]
+    assert t["eager"].samples == recorded
+    d = t["eager"].as_dict()
+    assert d["median"] == pytest.approx(statistics.median(recorded) * 1e3)
+    assert d["min"] == pytest.approx(1.0) and d["max"] == pytest.approx(9.0) and d["samples"] == 6
+    assert d["p10"] == pytest.approx(np.percentile([r * 1e3 for r in recorded], 10))
+    assert d["min"] <= d["p10"] <= d["median"] <= d["p90"] <= d["max"]
+
+
+def test_other_load_is_the_machines_busy_time_not_ours(tmp_path):
+    def write(cpu: str, ours: dict[int, tuple[int, int]]) -> None:
+        (tmp_path / "stat").write_text(f"cpu  {cpu}\ncpu0 1 2 3 4 5 6 7 8\n")
+        for pid, (utime, stime) in ours.items():
+            (tmp_path / str(pid)).mkdir(exist_ok=True)
+            fields = ["S"] + ["0"] * 10 + [str(utime), str(stime)] + ["0"] * 30
+            (tmp_path / str(pid) / "stat").write_text(f"{pid} (python (worker) x) {' '.join(fields)}\n")
+
+    worker = os.getpid() + 1
+    # user nice system idle iowait irq softirq steal (guest fields ignored)
+    write("100 0 50 800 0 0 0 50 0 0", {os.getpid(): (10, 5), worker: (0, 0)})
+    with OtherLoad([worker], proc=tmp_path) as load:
+        write("300 0 100 1400 0 0 0 100 0 0", {os.getpid(): (20, 5), worker: (120, 20)})
+    # 900 jiffies passed, 300 of them busy, 150 of those ours
+    assert load.share == pytest.approx((300 - 150) / 900)
+    with OtherLoad([worker], proc=tmp_path / "missing") as load:
+        pass
+    assert load.share is None
 
 
 def test_speedups_are_ratios_of_medians():
@@ -44,6 +92,80 @@ def test_rebatch_replaces_the_leading_dimension():
         rebatch([x], 0)
 
 
+# ------------------------------------------------------------ worker processes
+
+
+class WhereAmI(torch.nn.Module):
+    """Answers the process id it runs in, its PyTorch thread count, and whether
+    OMP_WAIT_POLICY is set there."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        policy_set = float("OMP_WAIT_POLICY" in os.environ)
+        return x + torch.tensor([float(os.getpid()), float(torch.get_num_threads()), policy_set], dtype=torch.float64)
+
+
+def where_am_i():
+    return WhereAmI(), (torch.zeros(3, dtype=torch.float64),)
+
+
+def test_eager_runs_in_its_own_process_with_pytorch_defaults(monkeypatch):
+    monkeypatch.chdir(REPO)  # factories resolve from the working directory, as in the CLI
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with eager_worker("tests.pipeline.test_bench:where_am_i", [np.zeros(3)], threads=1) as w:
+        pid, threads, policy_set = w.outputs()[0]
+        assert pid == w.pid == w.proc.pid != os.getpid()
+        assert threads == 1 and policy_set == 0
+        assert w.description == "own process, PyTorch defaults, 1 threads"
+        times = w.burst(3)
+        assert len(times) == 3 and all(t > 0 for t in times)
+        assert w.proc.poll() is None  # persistent: still there for the next burst
+        assert len(w.burst(2)) == 2
+    assert w.proc.poll() is not None  # closed with the context
+
+
+def unseeded():
+    return torch.nn.Linear(8, 8), (torch.ones(2, 8),)
+
+
+@pytest.mark.parametrize("factory,differs", [("examples.models:mlp", False), ("tests.pipeline.test_bench:unseeded", True)])
+def test_eager_worker_weights_are_checked_against_the_compiled_models(factory, differs, monkeypatch):
+    from optc.load import load_model
+
+    monkeypatch.chdir(REPO)
+    loaded = load_model(factory)
+    inputs = [t.numpy() for t in loaded.example_inputs]
+    with eager_worker(factory, inputs, threads=1) as w:
+        note = eager_mismatch(w, loaded.module, inputs)
+    assert note.startswith("outputs differ from the compiled model's") if differs else note == ""
+
+
+def test_eager_worker_honours_trust(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = tmp_path / "pickled.pt"
+    torch.save(WhereAmI(), path)
+    with pytest.raises(LoadError, match="--trust"):
+        with eager_worker(str(path), [np.zeros(3)], threads=1, input_shapes=["3"]) as w:
+            w.wait_ready()
+    with eager_worker(str(path), [np.zeros(3)], threads=1, trust=True, input_shapes=["3"]) as w:
+        assert w.outputs()[0][0] == w.pid != os.getpid()
+
+
+def test_artifact_runs_in_its_own_process_with_the_parents_numbers():
+    from optc.registry import load_registry
+
+    _, program = lowered("mlp")
+    cpu = load_registry().target("cpu")
+    options = cpu.Options()
+    art = cpu.compile(program, options)
+    inputs = program.example_inputs
+    expected = cpu.open(art.vmfb, options)(*inputs)
+    with artifact_worker("cpu", options, art.vmfb, inputs, threads=1) as w:
+        assert w.pid != os.getpid()
+        np.testing.assert_array_equal(w.outputs()[0], expected[0])
+        assert w.description == "own process, IREE runtime (cpu target), 1 task workers"
+        assert len(w.burst(2)) == 2
+
+
 @pytest.fixture(scope="module")
 def bench_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
@@ -62,7 +184,7 @@ def test_bench_report_ratios_come_from_its_own_medians(bench_report):
     lat = b["latency_ms"]
     assert set(lat) == {"eager", "dense", "compressed"}
     for t in lat.values():
-        assert t["min"] <= t["median"] <= t["max"] and t["samples"] == b["rounds"] * (BURST - 1)
+        assert t["min"] <= t["p10"] <= t["median"] <= t["p90"] <= t["max"] and t["samples"] == b["rounds"] * (BURST - 1)
     assert b["speedup"]["compressed_vs_dense"] == pytest.approx(lat["dense"]["median"] / lat["compressed"]["median"])
     assert b["speedup"]["dense_vs_eager"] == pytest.approx(lat["eager"]["median"] / lat["dense"]["median"])
     assert b["flop_reduction"] == pytest.approx(report["totals"]["macs_before"] / report["totals"]["macs_after"])
@@ -73,6 +195,17 @@ def test_bench_report_ratios_come_from_its_own_medians(bench_report):
     # the printed table shows the same numbers
     assert f"{lat['eager']['median']:.3f}" in proc.stdout
     assert format_table(b) in proc.stdout
+
+
+def test_bench_report_says_how_each_runner_was_timed(bench_report):
+    proc, report = bench_report
+    timing = report["bench"]["timing"]
+    assert timing["eager"] == "own process, PyTorch defaults, 1 threads"  # the eager worker's weights are the compiled ones
+    assert timing["dense"] == timing["compressed"] == "own process, IREE runtime (cpu target), 1 task workers"
+    assert "torch eager: own process, PyTorch defaults, 1 threads" in proc.stdout
+    assert "omp_wait_policy" not in report["bench"]
+    share = report["bench"]["other_cpu_share"]
+    assert 0.0 <= share <= 1.0 and f"other processes used {100 * share:.0f}% of the CPUs" in proc.stdout
 
 
 @pytest.mark.parametrize("args,message", [

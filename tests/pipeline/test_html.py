@@ -63,11 +63,14 @@ def bench_report(compressed: bool = True) -> dict[str, Any]:
     r = compile_report()
     r["kind"] = "bench"
     del r["artifact"], r["verification"]
-    stats = {"eager": (0.9, 0.8, 1.4), "dense": (0.5, 0.45, 0.7), "compressed": (0.15, 0.12, 0.3)}
+    # median, p10, p90, min, max
+    stats = {"eager": (0.9, 0.85, 1.1, 0.8, 1.4), "dense": (0.5, 0.47, 0.6, 0.45, 0.7), "compressed": (0.15, 0.13, 0.2, 0.12, 0.3)}
     variants = ["eager", "dense"] + (["compressed"] if compressed else [])
     r["bench"] = {
-        "batch": 4, "threads": 2, "rounds": 50,
-        "latency_ms": {v: {"median": stats[v][0], "min": stats[v][1], "max": stats[v][2], "samples": 50} for v in variants},
+        "batch": 4, "threads": 2, "rounds": 50, "other_cpu_share": 0.25,
+        "timing": {v: ("own process, PyTorch defaults, 2 threads" if v == "eager" else "own process, IREE runtime (cpu target), 2 task workers")
+                   for v in variants},
+        "latency_ms": {v: dict(zip(("median", "p10", "p90", "min", "max"), stats[v]), samples=50) for v in variants},
         "speedup": {"dense_vs_eager": 1.8, **({"compressed_vs_dense": 3.33, "compressed_vs_eager": 6.0} if compressed else {})},
         "flop_reduction": 1.087, "realized_efficiency": 0.65,
         "params": {"dense": 2328, "compressed": 1048 if compressed else 2328},
@@ -153,12 +156,60 @@ def test_bench_page(compressed: bool):
     table = table[: table.index("</table>")]
     rows = re.findall(r"<tr><td>(\w+)</td>", table)
     assert rows == (["eager", "dense", "compressed"] if compressed else ["eager", "dense"])
-    assert "0.9</td>" in table and "1.4</td>" in table and "0.45</td>" in table
+    assert "0.9</td>" in table and "1.4</td>" in table and "0.45</td>" in table and "1.1</td>" in table
+    assert "<td>own process, PyTorch defaults, 2 threads</td>" in table
+    assert "CPU used by other processes while timing</th><td>25" in page
     assert "Speedup dense vs eager</th><td>1.8×" in page
     assert ("Speedup compressed vs dense</th><td>3.33×" in page) == compressed
     assert "Realized efficiency</th><td>0.65" in page
     assert "1,100,000 B" in page
     assert_self_contained(page)
+
+
+def latency_axes(monkeypatch, report: dict[str, Any]) -> tuple[Any, str]:
+    """The latency chart's axes as drawn by render_html, and the page."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
+    page = render_html(report)
+    monkeypatch.setattr(plt, "close", close)
+    ax = figures[-1].axes[0]
+    for fig in figures:
+        close(fig)
+    return ax, page
+
+
+def whisker_spans(ax: Any) -> list[float]:
+    """(low, high) of each whisker, flattened."""
+    from matplotlib.container import ErrorbarContainer
+
+    (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    segments = bars.lines[2][0].get_segments()
+    return [float(y) for s in segments for y in (s[0][1], s[1][1])]
+
+
+def test_latency_chart_scales_to_percentile_whiskers_not_the_slowest_run(monkeypatch):
+    r = bench_report()
+    r["bench"]["latency_ms"]["eager"]["max"] = 54.0  # one slow outlier run
+    ax, page = latency_axes(monkeypatch, r)
+    assert [p.get_height() for p in ax.patches] == pytest.approx([0.9, 0.5, 0.15])  # bars are medians
+    assert whisker_spans(ax) == pytest.approx([0.85, 1.1, 0.47, 0.6, 0.13, 0.2])  # p10-p90
+    assert ax.get_yscale() == "linear" and 1.1 < ax.get_ylim()[1] < 2.0  # the outlier does not set the scale
+    assert ax.get_title() == "Latency: median, whiskers p10–p90"
+    assert 'alt="Latency in milliseconds (median, whiskers p10–p90)' in page
+
+
+def test_latency_chart_without_percentiles_shows_min_max_on_a_log_axis(monkeypatch):
+    r = bench_report()
+    for s in r["bench"]["latency_ms"].values():
+        del s["p10"], s["p90"]
+    r["bench"]["latency_ms"]["eager"]["max"] = 54.0
+    ax, page = latency_axes(monkeypatch, r)
+    assert whisker_spans(ax) == pytest.approx([0.8, 54.0, 0.45, 0.7, 0.12, 0.3])
+    assert ax.get_yscale() == "log" and ax.get_title() == "Latency: median, whiskers min–max"
+    assert 'alt="Latency in milliseconds (median, whiskers min–max)' in page
 
 
 def test_inlined_images_decode():
