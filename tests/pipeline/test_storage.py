@@ -4,8 +4,8 @@ top level, and int4 packing that round-trips."""
 import numpy as np
 import pytest
 
-from optc.program import pack_int4, unpack_int4
-from optc.quant import QMAX, quantize
+from optc.storage import pack_int4, unpack_int4
+from optc.storage import QMAX, quantize
 
 
 @pytest.mark.parametrize("bits", [8, 4])
