@@ -327,6 +327,11 @@ class Target:
         device (a mobile-GPU profile does not run on a desktop or CPU Vulkan driver)."""
         return True, ""
 
+    def supports(self, program: "Program", options: Any) -> tuple[bool, str]:
+        """(True, "") when ``program`` compiles correctly with ``options``, else
+        (False, what capability is missing) — checked before compiling."""
+        return True, ""
+
     def portable_options(self, options: Any) -> Any:
         """Options for an artifact of the same program that runs here, used to verify
         the numbers when ``runs_here(options)`` is false."""

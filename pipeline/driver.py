@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from optc.api import Artifact, Method, MethodContext, MethodResult, Target, build_options
-from optc.errors import MethodError, OptcError, TargetUnavailableError, UnknownNameError
+from optc.errors import CompileError, MethodError, OptcError, TargetUnavailableError, UnknownNameError
 from optc.registry import load_registry
 
 
@@ -190,9 +190,13 @@ def compile_model(
     program = original.clone()
     ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir, progress=progress)
     results = apply_methods(program, sel.methods, ctx, progress=log)
+    runnable, why = sel.target.runs_here(sel.target_options)
+    for options in [sel.target_options] + ([] if runnable else [sel.target.portable_options(sel.target_options)]):
+        ok, missing = sel.target.supports(program, options)
+        if not ok:
+            raise CompileError(f"cannot compile this program for {sel.target.name} ({plain_options(sel.target.name, options)}): {missing}")
     log(f"compiling for {sel.target.name}")
     artifact = sel.target.compile(program, sel.target_options)
-    runnable, why = sel.target.runs_here(sel.target_options)
     if runnable:
         checked, checked_options, verified_with = artifact, sel.target_options, "the artifact itself"
     else:
