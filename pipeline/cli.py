@@ -252,7 +252,9 @@ def _print_summary(report: dict) -> None:
 
 
 def _megabytes(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n:,} bytes"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} MB"
+    return f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} bytes"
 
 
 @main.command()
