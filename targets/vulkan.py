@@ -22,8 +22,8 @@ PROFILES = ("default", "valhall4", "adreno", "rdna3", "ampere")
 # Narrow weight storage (optc.storage) each profile compiles. IREE's default SPIR-V
 # target declares no Int8/Float16 nor 8-/16-bit storage buffers. Measured with IREE
 # 3.13 on this machine: float16 weights fail to legalize there (`vector.bitcast
-# vector<2xf32> -> vector<4xf16>`; a CNN compiled to an artifact with relative error
-# 1.0), and an int8-dequantized 3-layer MLP did not finish compiling in 15 minutes
+# vector<2xf32> -> vector<4xf16>`; on the digits CNN they were reported to compile to
+# an artifact with relative error 1.0), and an int8-dequantized 3-layer MLP did not finish compiling in 15 minutes
 # (the CPU target takes seconds); valhall4 and adreno compile the float16 MLP. The
 # mobile profiles declare both capabilities; their artifacts cannot be run here.
 NARROW_STORAGE = {"default": set(), "valhall4": {"f16", "i8"}, "adreno": {"f16", "i8"}, "rdna3": {"f16", "i8"}, "ampere": {"f16", "i8"}}
