@@ -108,9 +108,13 @@ def test_compile_without_methods_says_so_and_claims_no_reduction(tmp_path):
 def test_mobile_profile_artifact_is_verified_through_a_portable_build(tmp_path):
     vulkan_or_skip()
     out = tmp_path / "mlp-mali.vmfb"
-    optc_cli("compile", "--target", "vulkan", "--target-opt", "vulkan.profile=valhall4", "examples.models:mlp", "-o", str(out), check=True)
+    proc = optc_cli("compile", "--target", "vulkan", "--target-opt", "vulkan.profile=valhall4", "examples.models:mlp", "-o", str(out), check=True)
     v = json.loads(out.with_suffix(".json").read_text())["verification"]
     assert v["passed"] and "portable build" in v["verified_with"]
+    # plain words, no Python dicts: which build was run, and that the mobile one was not
+    assert "checking the numbers with a vulkan.profile=default build of the same program instead" in proc.stderr
+    assert "verified   a portable build (vulkan.profile=default) of the same program vs compressed reference" in proc.stdout
+    assert "the vulkan.profile=valhall4 artifact itself was not run here" in proc.stdout and "{'profile'" not in proc.stdout + proc.stderr
     proc = optc_cli("run", str(out), "--input", str(tmp_path / "none.npy"))
     assert proc.returncode != 0 and "runs only on that GPU family" in proc.stderr
 
