@@ -3,6 +3,8 @@ non-zero; anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,22 +25,47 @@ class OptcGroup(click.Group):
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
         warnings.filterwarnings("ignore", message=r"The tensor attributes .* were assigned during export")
+        previous = signal.signal(signal.SIGTERM, _terminated)
         try:
             return super().invoke(ctx)
         except OptcError as e:
+            if e.detail and (ctx.obj or {}).get("verbose"):
+                click.echo(e.detail.rstrip(), err=True)
             click.echo(f"optc: error: {e}", err=True)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            # Raised through every write and child process, so temporary files
+            # are removed and iree-compile is killed on the way out.
+            click.echo("optc: interrupted", err=True)
+            sys.exit(130)
+        except Terminated:
+            click.echo("optc: terminated", err=True)
+            sys.exit(143)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so cleanup runs the same way."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one cleanup, not one per signal
+    raise Terminated()
 
 
 @click.group(cls=OptcGroup)
 @click.version_option(package_name="optc")
-def main() -> None:
+@click.option("--verbose", is_flag=True, help="on an error, also print what the tools printed (torch graph dumps, MLIR diagnostics)")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """optc: a compression compiler for PyTorch models.
 
     \b
     Example:
       optc compile --plugins lowrank --opt lowrank.rank=16 --target cpu examples.models:mlp -o out/mlp.vmfb
     """
+    ctx.obj = {"verbose": verbose}
 
 
 def model_options(f):
@@ -87,21 +114,52 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
     """
     from optc.api import parse_assignments
     from optc.driver import compile_model, select
-    from optc.report import compile_report, write_bytes_atomic, write_json_atomic
+    from optc.load import parse_input_shape
+    from optc.report import compile_report, write_artifact_pair
 
     if tolerance is not None and not tolerance > 0:
         raise InputError(f"--tolerance {tolerance}: must be > 0")
+    for spec in input_shapes:
+        parse_input_shape(spec)  # before any heavy work
     sel = select(_split_plugins(plugins), target, parse_assignments(opts, "--opt"), parse_assignments(target_opts, "--target-opt"))
     out = output or Path(Path(model.split(":")[-1]).stem + ".vmfb")
     if out.suffix != ".vmfb":
         raise InputError(f"-o {out}: the artifact name must end in .vmfb")
+    sources = [("MODEL", Path(model)), ("--calib", calib), ("--eval", eval_data)]
+    for written in (out, out.with_suffix(".json")):
+        refuse_overwriting_input(written, "-o", sources)
+        check_writable(written, "-o")
     compiled = compile_model(
         model, sel, trust=trust, input_shapes=input_shapes, tolerance=tolerance, dump_dir=dump_ir, calib=calib, eval_data=eval_data
     )
     report = compile_report(compiled, str(out))
-    write_bytes_atomic(out, compiled.artifact.vmfb)
-    write_json_atomic(out.with_suffix(".json"), report)
+    write_artifact_pair(out, compiled.artifact.vmfb, out.with_suffix(".json"), report)
     _print_summary(report)
+
+
+def refuse_overwriting_input(output: Path, flag: str, inputs: Sequence[tuple[str, Path | None]]) -> None:
+    """One line when ``output`` is one of the files this command reads."""
+    for what, path in inputs:
+        if path is not None and _same_file(output, path):
+            raise InputError(f"{flag} {output}: that is the {what} file this command reads; choose another output path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Fail before the work, not after it, when ``path`` cannot be written."""
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory; give a file path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: cannot write in {folder} (permission denied or not a directory)")
 
 
 @main.command()
@@ -207,8 +265,10 @@ def report(report_json, output):
 
     if not report_json.exists():
         raise InputError(f"report not found: {report_json}")
-    data = load_report(report_json)
     out = output or report_json.with_suffix(".html")
+    refuse_overwriting_input(out, "-o", [("REPORT", report_json)])
+    check_writable(out, "-o")
+    data = load_report(report_json)
     write_bytes_atomic(out, render_html(data).encode())
     click.echo(f"wrote {out}")
 
@@ -217,12 +277,15 @@ def _print_summary(report: dict) -> None:
     t = report["totals"]
     v = report["verification"]
     click.echo(f"artifact   {report['artifact']['path']} ({report['artifact']['bytes']:,} bytes, target {report['target']['name']})")
+    if report["target"].get("flags_used", "").startswith("safe ("):
+        click.echo(f"flags      {report['target']['flags_used']}")
     click.echo(f"report     {Path(report['artifact']['path']).with_suffix('.json')}")
     for m in report["methods"]:
         done = [c for c in m["changes"] if not c["action"].startswith("skipped")]
         click.echo(f"method     {m['name']}: {len(done)} layer(s) changed, {len(m['changes']) - len(done)} skipped")
     click.echo(f"params     {t['params_before']:,} -> {t['params_after']:,}")
-    click.echo(f"FLOPs(MAC) {t['macs_before']:,} -> {t['macs_after']:,} ({t['flop_reduction']:.2f}x fewer)")
+    reduction = f"{t['flop_reduction']:.2f}x fewer" if t["flop_reduction"] is not None else "no contractions"
+    click.echo(f"FLOPs(MAC) {t['macs_before']:,} -> {t['macs_after']:,} ({reduction})")
     click.echo(
         f"verified   artifact vs compressed reference: max rel err {v['compile_error']['max_rel']:.2e} "
         f"(tolerance {v['tolerance']:g}); compression vs original: {v['compression_error']['max_rel']:.2e}"
@@ -237,7 +300,7 @@ def _print_summary(report: dict) -> None:
 
 @main.command()
 @click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--input", "inputs", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path), help=".npy per input (repeat, in order), or one .npz holding arg0, arg1, …")
+@click.option("--input", "inputs", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path), help=".npy per input (repeat, in order), or one .npz holding x (one input), x0, x1, … or arg0, arg1, …")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="write outputs to this .npy (one output) or .npz")
 @click.option("--target", default=None, help="target the artifact was built for [default: from its .json report, else cpu]")
 def run(artifact, inputs, output, target):
@@ -249,16 +312,27 @@ def run(artifact, inputs, output, target):
     """
     import numpy as np
 
+    from optc.lower import check_index_ranges
     from optc.registry import load_registry
-    from optc.report import load_report, write_bytes_atomic
+    from optc.report import artifact_sha256, load_report, write_bytes_atomic
 
     if not artifact.exists():
         raise InputError(f"artifact not found: {artifact}")
     sidecar = artifact.with_suffix(".json")
+    if output is not None:
+        refuse_overwriting_input(output, "--output", [("artifact", artifact), ("report", sidecar), *(("--input", p) for p in inputs)])
+        check_writable(output, "--output")
+    vmfb = artifact.read_bytes()
     expected = None
     target_options = {}
     if sidecar.exists():
         rep = load_report(sidecar)
+        recorded = rep["artifact"].get("sha256")
+        if recorded is not None and recorded != artifact_sha256(vmfb):
+            raise InputError(
+                f"{artifact} does not match its report {sidecar} (sha256 differs: they come from different compiles); "
+                "recompile, or remove the stale .json"
+            )
         target = target or rep["target"]["name"]
         target_options = {k: str(v) for k, v in rep["target"]["options"].items() if not isinstance(v, list)}
         expected = rep.get("inputs")
@@ -274,13 +348,15 @@ def run(artifact, inputs, output, target):
     ok, reason = tgt.runs_here(options)
     if not ok:
         raise TargetUnavailableError(f"cannot run {artifact} here: {reason}")
-    arrays = _read_inputs(inputs)
+    arrays = _read_inputs(inputs, len(expected) if expected is not None else None)
     if expected is not None:
         got = [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in arrays]
-        if got != expected:
+        if got != [{"shape": e.get("shape"), "dtype": e.get("dtype")} for e in expected]:
             raise InputError(f"inputs {_fmt(got)} do not match the artifact's inputs {_fmt(expected)}")
+        ranges = {i: tuple(e["index_range"]) for i, e in enumerate(expected) if "index_range" in e}
+        check_index_ranges(arrays, ranges, "--input")
     try:
-        session = tgt.open(artifact.read_bytes(), options)
+        session = tgt.open(vmfb, options)
     except InputError as e:
         raise InputError(f"{artifact}: {e}") from None
     outs = session(*arrays)
@@ -302,20 +378,20 @@ def _fmt(sig: list[dict]) -> str:
     return ", ".join(f"{'x'.join(map(str, s['shape']))}:{s['dtype']}" for s in sig)
 
 
-def _read_inputs(paths: Sequence[Path]) -> list:
-    import numpy as np
+def _read_inputs(paths: Sequence[Path], count: int | None) -> list:
+    """One .npy per input, in order, or one .npz whose arrays carry the
+    documented names (x / x0, x1, … / arg0, arg1, …)."""
+    from optc.calibration import input_arrays, read_arrays
 
-    from optc.calibration import read_arrays
-
-    arrays = []
-    for p in paths:
-        data = read_arrays(p, f"input file {p}")
-        if isinstance(data, np.lib.npyio.NpzFile):
-            keys = sorted(data.files, key=lambda k: (len(k), k))
-            arrays.extend(data[k] for k in keys)
-        else:
-            arrays.append(data)
-    return arrays
+    loaded = [(p, read_arrays(p, f"--input {p}")) for p in paths]
+    archives = [p for p, data in loaded if isinstance(data, dict)]
+    if archives and len(paths) > 1:
+        raise InputError(f"--input {archives[0]}: give one .npz holding every input, or one .npy per input, not both")
+    if archives:
+        return input_arrays(loaded[0][1], count, f"--input {archives[0]}")
+    if count is not None and len(paths) != count:
+        raise InputError(f"--input: the artifact takes {count} input(s), got {len(paths)} file(s)")
+    return [data for _, data in loaded]
 
 
 @main.command()
