@@ -18,6 +18,7 @@ import numpy as np
 from optc.api import LayerChange, Method, MethodContext, MethodResult, layer_selected, option
 from optc.hookspecs import hookimpl
 from optc.program import Program, apply_view, shape_of, unapply_view
+from optc.svd import truncated_svd
 
 
 @dataclass
@@ -79,15 +80,15 @@ class LowRank(Method):
             if first.batch_shared:
                 matrix = matrix[0]
             k, n = matrix.shape
-            svd = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)  # float64 for accuracy
-            s = svd[1]
-            r = choose_rank(s, options, k, n)
+            fixed = options.rank is not None or options.reduction is not None  # rank from k, n alone
+            svd = truncated_svd(matrix, rank=choose_rank(np.ones(min(k, n)), options, k, n) if fixed else None, energy=options.energy)
+            r = len(svd.s)
             if r * (k + n) >= k * n and not options.force:
                 result.changes.append(
                     LayerChange(layer, f"skipped: rank {r} would not reduce FLOPs ({r}·({k}+{n}) ≥ {k}·{n})", {"rank": r})
                 )
                 continue
-            a, b = factor(svd, r, matrix.dtype)
+            a, b = factor((svd.u, svd.s, svd.vt), r, matrix.dtype)
             a_val = program.constant(f"{param}.lowrank_in", a, origin=layer)
             b_val = program.constant(f"{param}.lowrank_out", b, origin=layer)
             for w in uses:
@@ -96,13 +97,13 @@ class LowRank(Method):
                     t = build.linear(x, a_val, build.zeros(_rows(x) + (r,), like=x))
                     y = build.linear(t, b_val, init)
                 program.replace(w.op, y)
-            effective = a.astype(np.float64) @ b.astype(np.float64)
+            effective = a @ b  # in the factors' dtype: float64 here doubled the memory of a big layer
             if first.batch_shared:
                 effective = np.broadcast_to(effective, (first.weight_shape[0], k, n))
             result.reference_weights[layer] = unapply_view(
                 effective.astype(np.float32), first.chain, weight.shape
             )
-            kept = float(np.sum(s[:r] ** 2) / np.sum(s**2)) if np.sum(s**2) > 0 else 1.0
+            kept = svd.energy_kept(r)
             result.changes.append(
                 LayerChange(
                     layer,
