@@ -91,3 +91,15 @@ def test_clone_is_independent():
 def test_unapply_view_inverts_apply_view(chain, shape):
     a = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     np.testing.assert_array_equal(unapply_view(apply_view(a, chain), chain, shape), a)
+
+
+def test_clone_parses_every_dialect_torch_mlir_emits():
+    """torch.sort lowers to tm_tensor.sort, which a bare ir.Context() does not know."""
+    from optc.load import load_model
+    from optc.lower import lower
+
+    program = lower(load_model("tests.e2e.probe_models:sort"))
+    assert "tm_tensor.sort" in program.to_text()
+    copy = program.clone()
+    assert "tm_tensor.sort" in copy.to_text() and copy.context is not program.context
+    copy.verify()
