@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _DTYPES = ("float32", "float16", "int64", "int32", "bool")
-_DIM_RE = re.compile(r"^[0-9]{1,12}$")
+_DIM_RE = re.compile(r"^-?[0-9]{1,12}$")
 MAX_INPUT_ELEMENTS = 2**31  # 8 GiB of float32: beyond that an example input is a typo
 
 

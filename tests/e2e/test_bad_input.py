@@ -322,7 +322,7 @@ def test_nan_calibration_data_is_refused_naming_the_file(tmp_path):
     x[5, 3] = np.nan
     np.savez(data, x=x)
     proc, out = compile_into(tmp_path, "--plugins", "bcr,admm", "--calib", data, "examples.models:mlp")
-    assert_clean_failure(proc, "--calib", "c.npz", "NaN or Inf (first in sample 5)", out_dir=out)
+    assert_clean_failure(proc, "--calib", "c.npz", "NaN or Inf (first in sample 5,", out_dir=out)
 
 
 @pytest.mark.parametrize("damage", ["missing-field", "huge-int"])

@@ -135,7 +135,7 @@ def test_damaged_sample_files_are_one_input_error(tmp_path, how, fragment):
 def test_non_finite_samples_are_refused_naming_the_first(tmp_path, bad):
     x = np.ones((5, 8, 8), np.float32)
     x[3, 2, 1] = bad
-    with pytest.raises(InputError, match=r"--eval .*data.npz: x holds NaN or Inf \(first in sample 3\)"):
+    with pytest.raises(InputError, match=r"--eval .*data.npz: x holds NaN or Inf \(first in sample 3,"):
         load_samples(samples_file(tmp_path, x=x, y=np.zeros(5, np.int64)), EXAMPLE, "--eval", True)
 
 
