@@ -113,7 +113,9 @@ def test_dict_outputs_in_insertion_order_verify(tmp_path):
     out = tmp_path / "d.vmfb"
     proc = run_optc("compile", "tests.e2e.probe_models:dict_outputs", "-o", out)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(out.with_suffix(".json").read_text())["verification"]["compile_error"]["max_rel"] < 1e-5
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["verification"]["compile_error"]["max_rel"] < 1e-5
+    assert report["target"]["flags_used"] == "fast"
 
 
 # --------------------------------------------------------------------------- 5. outputs that are inputs
