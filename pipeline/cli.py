@@ -333,9 +333,14 @@ def run(artifact, inputs, output, target):
                 f"{artifact} does not match its report {sidecar} (sha256 differs: they come from different compiles); "
                 "recompile, or remove the stale .json"
             )
+        recorded_options = rep["target"].get("options")
+        if not isinstance(rep["target"].get("name"), str) or not isinstance(recorded_options, dict):
+            raise InputError(f"{sidecar} is not a complete optc report: field 'target' needs a name and options")
         target = target or rep["target"]["name"]
-        target_options = {k: str(v) for k, v in rep["target"]["options"].items() if not isinstance(v, list)}
-        expected = rep.get("inputs")
+        target_options = {k: str(v) for k, v in recorded_options.items() if not isinstance(v, list)}
+        expected = rep["inputs"]
+        if not all(isinstance(e, dict) and isinstance(e.get("shape"), list) for e in expected):
+            raise InputError(f"{sidecar} is not a complete optc report: field 'inputs' needs a shape per input")
     from optc.api import build_options
     from optc.errors import TargetUnavailableError
 
