@@ -358,7 +358,7 @@ def run(artifact, inputs, output, target):
         got = [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in arrays]
         if got != [{"shape": e.get("shape"), "dtype": e.get("dtype")} for e in expected]:
             raise InputError(f"inputs {_fmt(got)} do not match the artifact's inputs {_fmt(expected)}")
-        ranges = {i: tuple(e["index_range"]) for i, e in enumerate(expected) if "index_range" in e}
+        ranges = {i: (int(e["index_range"][0]), int(e["index_range"][1])) for i, e in enumerate(expected) if _is_range(e.get("index_range"))}
         check_index_ranges(arrays, ranges, "--input")
     try:
         session = tgt.open(vmfb, options)
@@ -377,6 +377,10 @@ def run(artifact, inputs, output, target):
     for i, o in enumerate(outs):
         flat = o.ravel()
         click.echo(f"out{i} {o.dtype} {'x'.join(map(str, o.shape))}: {np.array2string(flat[:8], precision=4)}{' …' if flat.size > 8 else ''}")
+
+
+def _is_range(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
 def _fmt(sig: list[dict]) -> str:
