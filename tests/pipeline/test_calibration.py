@@ -109,7 +109,7 @@ def _corrupt(tmp_path, how: str) -> Path:
         i = data.index(b"\x00\x00\x80\x3f")  # the bytes of 1.0f
         path.write_bytes(data[:i] + b"\x00\x00\x80\x40" + data[i + 4:])
     elif how == "object":
-        np.savez(path, x=np.array([{"a": 1}] * 5, dtype=object))
+        np.savez(path, x=np.array([{"a": 1}] * 5, dtype=object), y=np.arange(5))
     elif how == "text":
         path.write_text("x,y\n1,2\n")
     elif how == "strings":
