@@ -117,3 +117,48 @@ def bert():
     torch.manual_seed(0)
     model = TransformerEncoder(vocab=1000, dim=256, heads=4, ffn=1024, layers=4, classes=2).eval()
     return model, (torch.randint(0, 1000, (1, 128)),)
+
+
+# Narrow variants for tests: the same topologies at a fraction of the widths
+# (ResNet-18: 8..64 channels; MobileNetV2: a quarter of each stage's channels)
+# and 1x3x64x64 inputs, so they lower and compile in well under a minute. (At
+# 32x32 the last stage's stride-2 3x3 convs produce 1x1 maps and IREE 3.13's
+# llvm-cpu compile of the dense ResNet fails: "inferred input/output operand #1
+# has shape's dimension #2 to be 4, but found 3".)
+class NarrowResNet18(ResNet18):
+    def __init__(self, classes: int = 10, widths: tuple[int, ...] = (8, 16, 32, 64)):
+        nn.Module.__init__(self)
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], widths[0]
+        for cout, stride in zip(widths, (1, 2, 2, 2)):
+            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, classes)
+
+
+class NarrowMobileNetV2(MobileNetV2):
+    def __init__(self, classes: int = 10, divisor: int = 4):
+        nn.Module.__init__(self)
+        stem, last = 32 // divisor, 1280 // divisor
+        layers: list[nn.Module] = [nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6()]
+        cin = stem
+        for t, c, n, s in self.SETTINGS:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c // divisor, s if i == 0 else 1, t))
+                cin = c // divisor
+        layers += [nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(last, classes)
+
+
+def resnet18_narrow():
+    torch.manual_seed(0)
+    return _init_bn(NarrowResNet18()), (torch.randn(1, 3, 64, 64),)
+
+
+def mobilenetv2_narrow():
+    torch.manual_seed(0)
+    return _init_bn(NarrowMobileNetV2()), (torch.randn(1, 3, 64, 64),)

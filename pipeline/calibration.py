@@ -91,15 +91,17 @@ def _numeric(a: np.ndarray, what: str) -> np.ndarray:
 
 def input_arrays(arrays: dict[str, np.ndarray], count: int | None, what: str) -> list[np.ndarray]:
     """The model inputs in a ``.npz`` by their documented names: ``x`` (one
-    input), ``x0``, ``x1``, … or ``arg0``, ``arg1``, … (``count`` of them when
-    known). Unknown or missing names are one InputError line."""
+    input), ``x0``, ``x1``, … (a sample file, whose labels ``y`` are ignored) or
+    ``arg0``, ``arg1``, … (``count`` of them when known). Unknown or missing
+    names are one InputError line."""
     names = list(arrays)
-    for prefix in ("x", "arg"):
-        n = count if count is not None else len(names)
+    samples = [k for k in names if k != "y"]  # a --calib/--eval file runs as it is
+    for prefix, present in (("x", samples), ("arg", names)):
+        n = count if count is not None else len(present)
         want = [f"{prefix}{i}" for i in range(n)]
-        if sorted(names) == sorted(want):
+        if sorted(present) == sorted(want):
             return [arrays[k] for k in want]
-    if names == ["x"] and count in (None, 1):
+    if samples == ["x"] and count in (None, 1):
         return [arrays["x"]]
     n = f"{count} input(s)" if count is not None else "the model's inputs"
     raise InputError(

@@ -102,8 +102,10 @@ def _split_plugins(value: str) -> list[str]:
 @click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), help="write the IR before each failing method here")
 @calib_option
 @click.option("--eval", "eval_data", type=click.Path(dir_okay=False, path_type=Path), metavar="DATA.npz", help="labelled samples (x, y): report top-1 of the original model, the compressed reference and the artifact")
+@click.option("--batch", type=int, default=None, help="compile for this batch size: replaces the first dimension of every input [default: the example inputs']")
+@click.option("--labels", default="", metavar="A,B,…", help="class names of the output, in order: written into the artifact's metadata for apps")
 @model_options
-def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_ir, calib, eval_data, trust, input_shapes):
+def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_ir, calib, eval_data, batch, labels, trust, input_shapes):
     """Compress MODEL with --plugins, compile it for --target, verify it, and write
     the artifact (.vmfb) and its report (.json).
 
@@ -113,14 +115,18 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
       optc compile --plugins bcr,admm --calib calib.npz --eval test.npz model.pt2 -o model.vmfb
     """
     from optc.api import parse_assignments
-    from optc.driver import compile_model, select
+    from optc.driver import compile_model, load_and_lower, require_calibration, select
     from optc.load import parse_input_shape
+    from optc.metadata import check_labels
     from optc.report import compile_report, write_artifact_pair
 
     if tolerance is not None and not tolerance > 0:
         raise InputError(f"--tolerance {tolerance}: must be > 0")
+    if batch is not None and batch <= 0:
+        raise InputError(f"--batch {batch}: must be a positive integer")
     for spec in input_shapes:
         parse_input_shape(spec)  # before any heavy work
+    class_labels = [label.strip() for label in labels.split(",")] if labels else []
     sel = select(_split_plugins(plugins), target, parse_assignments(opts, "--opt"), parse_assignments(target_opts, "--target-opt"))
     out = output or Path(Path(model.split(":")[-1]).stem + ".vmfb")
     if out.suffix != ".vmfb":
@@ -129,9 +135,14 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
     for written in (out, out.with_suffix(".json")):
         refuse_overwriting_input(written, "-o", sources)
         check_writable(written, "-o")
+    require_calibration([m for m, _ in sel.methods], calib is not None)  # before any heavy work
+    lowered = load_and_lower(model, trust, input_shapes, batch)
+    if class_labels:
+        check_labels(lowered[1], class_labels)  # before the methods' work
     compiled = compile_model(
-        model, sel, trust=trust, input_shapes=input_shapes, tolerance=tolerance, dump_dir=dump_ir, calib=calib, eval_data=eval_data
-    )
+        model, sel, trust=trust, input_shapes=input_shapes, tolerance=tolerance, dump_dir=dump_ir, calib=calib, eval_data=eval_data,
+        loaded_and_lowered=lowered, labels=class_labels,
+    )  # fmt: skip
     report = compile_report(compiled, str(out))
     write_artifact_pair(out, compiled.artifact.vmfb, out.with_suffix(".json"), report)
     _print_summary(report)
@@ -300,47 +311,60 @@ def _print_summary(report: dict) -> None:
 
 @main.command()
 @click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--input", "inputs", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path), help=".npy per input (repeat, in order), or one .npz holding x (one input), x0, x1, … or arg0, arg1, …")
+@click.option("--input", "inputs", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path), help=".npy per input (repeat, in order), or one .npz: a sample file (x or x0, x1, …; y is ignored) or arg0, arg1, …")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="write outputs to this .npy (one output) or .npz")
-@click.option("--target", default=None, help="target the artifact was built for [default: from its .json report, else cpu]")
+@click.option("--target", default=None, help="target the artifact was built for [default: from its metadata, else its .json report, else cpu]")
 def run(artifact, inputs, output, target):
-    """Run a compiled ARTIFACT on inputs from .npy/.npz files.
+    """Run a compiled ARTIFACT on inputs from .npy/.npz files. Any number of samples
+    runs through a batch-N artifact in chunks of N (the last one padded, its padding
+    dropped from the outputs).
 
     \b
     Example:
       optc run model.vmfb --input x.npy --output y.npy
+      optc run model-b8.vmfb --input digits_test.npz --output logits.npy
     """
     import numpy as np
 
+    from optc.calibration import Samples
     from optc.lower import check_index_ranges
+    from optc.metadata import optc_info, read
     from optc.registry import load_registry
     from optc.report import artifact_sha256, load_report, write_bytes_atomic
 
     if not artifact.exists():
         raise InputError(f"artifact not found: {artifact}")
+    try:
+        described = optc_info(read(artifact))
+    except InputError as e:
+        raise InputError(f"{artifact}: {e}") from None
     sidecar = artifact.with_suffix(".json")
     if output is not None:
         refuse_overwriting_input(output, "--output", [("artifact", artifact), ("report", sidecar), *(("--input", p) for p in inputs)])
         check_writable(output, "--output")
     vmfb = artifact.read_bytes()
-    expected = None
-    target_options = {}
-    if sidecar.exists():
-        rep = load_report(sidecar)
-        recorded = rep["artifact"].get("sha256")
+    report = load_report(sidecar) if sidecar.exists() else None
+    if report is not None:
+        recorded = report["artifact"].get("sha256")
         if recorded is not None and recorded != artifact_sha256(vmfb):
             raise InputError(
                 f"{artifact} does not match its report {sidecar} (sha256 differs: they come from different compiles); "
                 "recompile, or remove the stale .json"
             )
-        recorded_options = rep["target"].get("options")
-        if not isinstance(rep["target"].get("name"), str) or not isinstance(recorded_options, dict):
-            raise InputError(f"{sidecar} is not a complete optc report: field 'target' needs a name and options")
-        target = target or rep["target"]["name"]
-        target_options = {k: str(v) for k, v in recorded_options.items() if not isinstance(v, list)}
-        expected = rep["inputs"]
-        if not all(isinstance(e, dict) and isinstance(e.get("shape"), list) for e in expected):
-            raise InputError(f"{sidecar} is not a complete optc report: field 'inputs' needs a shape per input")
+        if described is None:  # an artifact from before optc wrote its metadata into it
+            if not isinstance(report["target"].get("name"), str) or not isinstance(report["target"].get("options"), dict):
+                raise InputError(f"{sidecar} is not a complete optc report: field 'target' needs a name and options")
+            if not all(isinstance(e, dict) and isinstance(e.get("shape"), list) for e in report["inputs"]):
+                raise InputError(f"{sidecar} is not a complete optc report: field 'inputs' needs a shape per input")
+            described = report
+    expected = None
+    target_options = {}
+    if described is not None:
+        target = target or described["target"]["name"]
+        target_options = {k: str(v) for k, v in described["target"]["options"].items() if not isinstance(v, list)}
+        expected = [{"shape": list(s["shape"]), "dtype": s["dtype"]} for s in described["inputs"]]
+    # Integer inputs that index a table: their valid range is in the (hash-checked) report.
+    ranges = {i: (int(e["index_range"][0]), int(e["index_range"][1])) for i, e in enumerate(report["inputs"]) if _is_range(e.get("index_range"))} if report else {}
     from optc.api import build_options
     from optc.errors import TargetUnavailableError
 
@@ -354,17 +378,28 @@ def run(artifact, inputs, output, target):
     if not ok:
         raise TargetUnavailableError(f"cannot run {artifact} here: {reason}")
     arrays = _read_inputs(inputs, len(expected) if expected is not None else None)
+    batch = None  # run in chunks of this many samples
     if expected is not None:
         got = [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in arrays]
-        if got != [{"shape": e.get("shape"), "dtype": e.get("dtype")} for e in expected]:
-            raise InputError(f"inputs {_fmt(got)} do not match the artifact's inputs {_fmt(expected)}")
-        ranges = {i: (int(e["index_range"][0]), int(e["index_range"][1])) for i, e in enumerate(expected) if _is_range(e.get("index_range"))}
-        check_index_ranges(arrays, ranges, "--input")
+        if got != expected:
+            if not _same_samples(got, expected):
+                raise InputError(f"inputs {_fmt(got)} do not match the artifact's inputs {_fmt(expected)}")
+            batch = expected[0]["shape"][0]
+    check_index_ranges(arrays, ranges, "--input")
     try:
         session = tgt.open(vmfb, options)
     except InputError as e:
         raise InputError(f"{artifact}: {e}") from None
-    outs = session(*arrays)
+    if batch is None:
+        outs = session(*arrays)
+    else:
+        chunks = []
+        for chunk, real in Samples(inputs[0], arrays, None).batches(batch):
+            results = session(*chunk)
+            if any(o.ndim == 0 or o.shape[0] != batch for o in results):
+                raise InputError(f"{artifact}: its outputs are not batch first; pass inputs of exactly {_fmt(expected)}")
+            chunks.append([o[:real] for o in results])
+        outs = [np.concatenate(parts) for parts in zip(*chunks)]
     if output is not None:
         buf = __import__("io").BytesIO()
         if output.suffix == ".npz":
@@ -381,6 +416,17 @@ def run(artifact, inputs, output, target):
 
 def _is_range(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _same_samples(got: list[dict], expected: list[dict]) -> bool:
+    """Inputs that are samples for a batch artifact: each input as the artifact's but
+    for the batch (first) dimension, all with the same number of samples."""
+    return (
+        len(got) == len(expected)
+        and all(g["dtype"] == e["dtype"] and len(g["shape"]) == len(e["shape"]) >= 1 and g["shape"][1:] == e["shape"][1:] for g, e in zip(got, expected))
+        and len({g["shape"][0] for g in got}) == 1
+        and got[0]["shape"][0] > 0
+    )
 
 
 def _fmt(sig: list[dict]) -> str:
@@ -408,13 +454,19 @@ def _read_inputs(paths: Sequence[Path], count: int | None) -> list:
 @click.option("--mlir", "show_mlir", is_flag=True, help="also print the linalg IR (weights elided)")
 @model_options
 def inspect(model, show_mlir, trust, input_shapes):
-    """Print MODEL's weighted layers: op kind, weight shape, ops, params, FLOPs (MACs).
+    """Print MODEL's weighted layers: op kind, weight shape, ops, params, FLOPs (MACs);
+    or, for a compiled artifact (.vmfb), the metadata it carries.
 
     \b
     Example:
       optc inspect examples.models:cnn
+      optc inspect out/digits_cnn.vmfb
     """
     from optc.driver import load_and_lower
+
+    if model.endswith(".vmfb"):
+        _inspect_artifact(Path(model))
+        return
 
     _, program = load_and_lower(model, trust, input_shapes)
     stats = program.layer_stats()
@@ -426,6 +478,43 @@ def inspect(model, show_mlir, trust, input_shapes):
     click.echo(f"total: {program.total_params():,} params, {program.contraction_macs():,} MACs (all contractions)")
     if show_mlir:
         click.echo(program.to_text())
+
+
+def _inspect_artifact(path: Path) -> None:
+    """Print what an artifact says about itself (its IREE reflection attributes)."""
+    from optc.metadata import optc_info, read
+
+    if not path.is_file():
+        raise InputError(f"artifact not found: {path}")
+    try:
+        reflection = read(path)
+        info = optc_info(reflection)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    click.echo(f"artifact   {path} ({path.stat().st_size:,} bytes)")
+    click.echo(f"function   {reflection.get('iree.abi.declaration', 'main')}")
+    if info is None:
+        click.echo("optc       no optc metadata (not compiled by optc)")
+        return
+    click.echo(f"optc       {info['optc_version']} ({info['schema']})")
+    click.echo(f"model      {info['model']}")
+    for kind in ("inputs", "outputs"):
+        for s in info[kind]:
+            dims = "x".join("?" if d is None else str(d) for d in s["shape"])
+            click.echo(f"{kind[:-1]:<10} {s['name']}: {dims} {s['dtype']}")
+    if "labels" in info:
+        click.echo(f"labels     {', '.join(info['labels'])}")
+    click.echo(f"target     {info['target']['name']} {_fmt_options(info['target']['options'])}")
+    for m in info["methods"]:
+        click.echo(f"method     {m['name']} {_fmt_options(m['options'])}")
+    t = info["totals"]
+    click.echo(f"params     {t['params_before']:,} -> {t['params_after']:,} ({t['param_bytes_before']:,} -> {t['param_bytes_after']:,} bytes)")
+    reduction = f" ({t['flop_reduction']:.2f}x fewer)" if t.get("flop_reduction") else ""
+    click.echo(f"FLOPs(MAC) {t['macs_before']:,} -> {t['macs_after']:,}{reduction}")
+
+
+def _fmt_options(options: dict) -> str:
+    return " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in options.items())
 
 
 @main.command()

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from optc.api import Artifact, Method, MethodContext, MethodResult, Target, build_options
-from optc.errors import MethodError, OptcError, TargetUnavailableError, UnknownNameError
+from optc.errors import InputError, LoadError, MethodError, OptcError, TargetUnavailableError, UnknownNameError
 from optc.registry import load_registry
 
 
@@ -138,6 +138,7 @@ def compile_model(
     loaded_and_lowered: tuple[Any, Any] | None = None,
     calib: Path | None = None,
     eval_data: Path | None = None,
+    labels: Sequence[str] = (),
 ) -> Compiled:
     """load -> lower -> methods -> compile -> run -> verify (-> evaluate on
     ``eval_data``). Raises VerifyError when the artifact does not reproduce the
@@ -145,6 +146,7 @@ def compile_model(
     from optc.calibration import Calibration, load_samples
     from optc.errors import VerifyError
     from optc.lower import check_index_ranges, input_index_ranges
+    from optc.metadata import annotate, describe
     from optc.verify import DEFAULT_TOLERANCE, verify
 
     require_calibration([m for m, _ in sel.methods], calib is not None)  # before any heavy work
@@ -157,6 +159,7 @@ def compile_model(
     program = original.clone()
     ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir)
     results = apply_methods(program, sel.methods, ctx, progress=log)
+    annotate(program, describe(model_spec, loaded, original, program, sel, labels))  # the artifact describes itself
     log(f"compiling for {sel.target.name}")
     artifact = sel.target.compile(program, sel.target_options)
     runnable, why = sel.target.runs_here(sel.target_options)
@@ -220,5 +223,9 @@ def load_and_lower(model_spec: str, trust: bool, input_shapes: Sequence[str], ba
 
         inputs = rebatch([t.numpy() for t in loaded.example_inputs], batch)
         loaded = dataclasses.replace(loaded, example_inputs=tuple(torch.from_numpy(x) for x in inputs), exported=None)
+        try:
+            loaded.export()
+        except LoadError as e:
+            raise InputError(f"--batch {batch}: {e} (does the model fix its batch size?)") from None
     log("lowering to linalg with torch-mlir")
     return loaded, lower(loaded)

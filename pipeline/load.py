@@ -150,7 +150,18 @@ def _load_export_archive(path: Path, names: list[str], trust: bool, input_shapes
         inputs = tuple(args)
         if not inputs:
             raise LoadError(f"{path} carries no example inputs; pass --input-shape (e.g. 1x3x32x32)")
-    return Model(module=ep.module(), example_inputs=inputs, source=str(path), exported=ep)
+    return Model(module=_unguarded_module(ep), example_inputs=inputs, source=str(path), exported=ep)
+
+
+def _unguarded_module(ep: Any) -> "torch.nn.Module":
+    """The archive's graph as an eager module without the checks ``ep.module()`` puts
+    around it (a guard call in the graph, or with ``check_guards=False`` a pre-hook)
+    that its inputs have the export's shapes, so that the model can be re-exported at
+    another batch (``--batch``); a graph that fixes its batch still fails there."""
+    import torch
+
+    guarded = ep.module(check_guards=False)
+    return torch.fx.GraphModule(guarded, guarded.graph)  # a copy keeps the graph and weights, not the hooks
 
 
 def _pickled_payloads(path: Path, names: list[str]) -> list[str]:

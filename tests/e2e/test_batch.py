@@ -1,0 +1,122 @@
+"""`optc compile --batch N` (methods, verification, --eval at batch N) and `optc run`
+feeding any number of samples through a batch artifact. The digits .pt2 archive at
+another batch is covered by tests/examples/test_apps.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from optc.metadata import optc_info, read
+from tests.e2e.test_bad_input import assert_clean_failure, run_optc
+
+BATCH = 3
+SAMPLES = 10  # three full batches and one padded
+
+
+class _FixedBatch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.reshape(1, 16))  # hard-codes batch 1
+
+
+def fixed_batch():
+    """A model whose code fixes its batch size."""
+    return _FixedBatch().eval(), (torch.zeros(1, 4, 4),)
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> Path:
+    """examples.models:mlp inputs with (arbitrary) labels, as a sample file."""
+    path = tmp_path_factory.mktemp("samples") / "mlp.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.standard_normal((SAMPLES, 256)).astype(np.float32), y=rng.integers(0, 10, SAMPLES))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mlp_b3(tmp_path_factory, samples) -> Path:
+    out = tmp_path_factory.mktemp("b3") / "mlp.vmfb"
+    proc = run_optc("compile", "--batch", BATCH, "--eval", samples, "examples.models:mlp", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _eager_mlp(x: np.ndarray) -> np.ndarray:
+    from examples.models import mlp
+
+    model, _ = mlp()
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def test_compile_at_batch_n(mlp_b3, samples):
+    report = json.loads(mlp_b3.with_suffix(".json").read_text())
+    assert report["inputs"] == [{"shape": [BATCH, 256], "dtype": "float32"}]
+    assert report["verification"]["passed"]
+    info = optc_info(read(mlp_b3))
+    assert info["inputs"][0]["shape"] == [BATCH, 256] and info["outputs"][0]["shape"] == [BATCH, 10]
+    acc = report["accuracy"]
+    assert acc["samples"] == SAMPLES and acc["artifact"] == acc["original"]
+
+
+def test_run_feeds_a_whole_sample_file_through_a_batch_artifact(mlp_b3, samples, tmp_path):
+    out = tmp_path / "logits.npy"
+    proc = run_optc("run", mlp_b3, "--input", samples, "--output", out)  # y in the sample file is not an input
+    assert proc.returncode == 0, proc.stderr
+    logits = np.load(out)
+    with np.load(samples) as data:
+        x, y = data["x"], data["y"]
+    assert logits.shape == (SAMPLES, 10)  # the padding of the last batch is dropped
+    np.testing.assert_allclose(logits, _eager_mlp(x), rtol=1e-4, atol=1e-5)
+    accuracy = json.loads(mlp_b3.with_suffix(".json").read_text())["accuracy"]["artifact"]
+    assert float(np.mean(logits.argmax(axis=1) == y)) == accuracy
+
+
+def test_run_exactly_one_batch_and_a_single_sample(mlp_b3, samples, tmp_path):
+    with np.load(samples) as data:
+        x = data["x"]
+    for n in (BATCH, 1):
+        np.save(tmp_path / "x.npy", x[:n])
+        proc = run_optc("run", mlp_b3, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), _eager_mlp(x[:n]), rtol=1e-4, atol=1e-5)
+
+
+def test_methods_and_verification_at_batch_n(tmp_path, samples):
+    out = tmp_path / "mlp-lowrank.vmfb"
+    proc = run_optc("compile", "--batch", 5, "--plugins", "lowrank", "--opt", "lowrank.rank=16", "--eval", samples, "examples.models:mlp", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["inputs"][0]["shape"] == [5, 256] and report["verification"]["passed"]
+    assert any(not c["action"].startswith("skipped") for c in report["methods"][0]["changes"])
+    assert report["totals"]["flop_reduction"] > 1.5
+    assert set(report["accuracy"]) >= {"original", "compressed_reference", "artifact"}
+
+
+@pytest.mark.parametrize("batch", ["0", "-2"])
+def test_batch_must_be_positive(tmp_path, batch):
+    out = tmp_path / "out"
+    proc = run_optc("compile", "--batch", batch, "examples.models:mlp", "-o", out / "m.vmfb")
+    assert_clean_failure(proc, f"--batch {batch}", "positive integer", out_dir=out)
+
+
+def test_batch_of_a_model_that_fixes_it(tmp_path):
+    out = tmp_path / "out"
+    proc = run_optc("compile", "--batch", BATCH, "tests.e2e.test_batch:fixed_batch", "-o", out / "m.vmfb")
+    assert_clean_failure(proc, f"--batch {BATCH}", "fix its batch size", out_dir=out)
+
+
+def test_run_samples_that_do_not_fit_a_batch_artifact(mlp_b3, tmp_path):
+    np.savez(tmp_path / "bad.npz", x=np.zeros((4, 128), np.float32))
+    out = tmp_path / "out"
+    proc = run_optc("run", mlp_b3, "--input", tmp_path / "bad.npz", "--output", out / "y.npy")
+    assert_clean_failure(proc, "4x128:float32", f"{BATCH}x256:float32", out_dir=out)
