@@ -90,3 +90,10 @@ def mlp() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     g = _seeded()
     model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)).eval()
     return model, (torch.randn(4, 256, generator=g),)
+
+
+def big_linear() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """One Linear(8192, 8192), 256 MiB of weights: the memory/time check of
+    lowrank's truncated SVD (not for tests)."""
+    g = _seeded()
+    return nn.Sequential(nn.Linear(8192, 8192)).eval(), (torch.randn(1, 8192, generator=g),)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import fnmatch
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -302,6 +304,7 @@ class Artifact:
     vmfb: bytes
     options: Any
     compile_seconds: float
+    flags_used: str | None = None  # which flag set built it, when a target falls back (cpu: "fast", "safe (…)")
 
 
 class Session:
@@ -380,6 +383,10 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+_INT_RE = re.compile(r"^[+-]?[0-9]+$")
+_FLOAT_RE = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+
+
 def _convert(owner: str, fname: str, tp: Any, raw: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -402,11 +409,18 @@ def _convert(owner: str, fname: str, tp: Any, raw: str) -> Any:
         if low in ("0", "false", "no", "off"):
             return False
         raise OptionError(f"{owner}.{fname}={raw!r}: expected a boolean (true/false)")
+    if tp is int and not _INT_RE.match(raw):  # int() also takes "１６", "٣٢", "1_6"
+        raise OptionError(f"{owner}.{fname}={raw!r}: expected int (ASCII digits, e.g. 16)")
+    if tp is float and not _FLOAT_RE.match(raw):  # float() also takes "inf", "nan", "1_0"
+        raise OptionError(f"{owner}.{fname}={raw!r}: expected a finite float (e.g. 0.5, 1e-3)")
     if tp in (int, float, str):
         try:
-            return tp(raw)
+            value = tp(raw)
         except ValueError:
             raise OptionError(f"{owner}.{fname}={raw!r}: expected {tp.__name__}") from None
+        if tp is float and not math.isfinite(value):
+            raise OptionError(f"{owner}.{fname}={raw!r}: expected a finite float (e.g. 0.5, 1e-3)")
+        return value
     raise TypeError(f"unsupported option type {tp!r} for {owner}.{fname}")
 
 
@@ -442,5 +456,7 @@ def parse_assignments(pairs: Sequence[str], flag: str) -> dict[str, dict[str, st
         owner, dot, fname = key.partition(".")
         if not sep or not dot or not owner or not fname:
             raise OptionError(f"{flag} {pair!r}: expected NAME.FIELD=VALUE, e.g. {flag} lowrank.rank=16")
+        if fname in out.get(owner, {}):
+            raise OptionError(f"{flag} {key}: given twice ({out[owner][fname]!r} and {value!r}); give it once")
         out.setdefault(owner, {})[fname] = value
     return out

@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch_mlir import ir
 from torch_mlir.dialects import func
 
-from optc.errors import InputError
+from optc.errors import InputError, first_line
 from optc.program import Program, WeightedOp
 
 
@@ -49,27 +49,89 @@ class Samples:
             yield chunk, real
 
 
-def read_arrays(path: Path, what: str) -> Any:
-    """``np.load`` that never unpickles: an array (.npy) or an NpzFile, or one
-    InputError line starting with ``what`` when the file is absent or not arrays."""
-    if not path.exists():
-        raise InputError(f"{what}: file not found")
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
+
+
+def read_arrays(path: Path, what: str) -> "np.ndarray | dict[str, np.ndarray]":
+    """A ``.npy`` array or a ``.npz``'s arrays by name (read in full, in file
+    order), never unpickling; or one InputError line starting with ``what`` when
+    the file is absent, not a numpy file, damaged, or holds non-numeric arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what}: file not found" if not path.exists() else f"{what}: not a file")
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{what}: not a .npy/.npz array file ({str(e).splitlines()[0]})") from None
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise InputError(f"{what}: cannot read it ({e.strerror})") from None
+    if head != _NPY_MAGIC and head[:4] not in _ZIP_MAGICS:
+        raise InputError(f"{what}: not a numpy file (a .npy/.npz written by numpy.save/savez starts with a numpy or zip header)")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return _numeric(loaded, what)
+        with loaded:
+            return {name: _numeric(loaded[name], f"{what}: array {name!r}") for name in loaded.files}
+    except InputError:
+        raise
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise InputError(f"{what}: holds Python objects, not plain arrays (optc never unpickles data)") from None
+        raise InputError(f"{what}: a damaged .npy/.npz file ({first_line(e)})") from None
+    except Exception as e:  # zipfile/numpy raise a dozen types on damaged bytes; all mean the same here
+        raise InputError(f"{what}: a damaged or truncated .npy/.npz file ({type(e).__name__}: {first_line(e)})") from None
 
 
-def load_samples(path: Path, example_inputs: Sequence[np.ndarray], flag: str, need_labels: bool = False) -> Samples:
-    """Read and check a sample file against the model's example inputs."""
+def _numeric(a: np.ndarray, what: str) -> np.ndarray:
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"{what}: holds {a.dtype} data; expected numbers (bool, integer or float arrays)")
+    return a
+
+
+def input_arrays(arrays: dict[str, np.ndarray], count: int | None, what: str) -> list[np.ndarray]:
+    """The model inputs in a ``.npz`` by their documented names: ``x`` (one
+    input), ``x0``, ``x1``, … (a sample file, whose labels ``y`` are ignored) or
+    ``arg0``, ``arg1``, … (``count`` of them when known). Unknown or missing
+    names are one InputError line."""
+    names = list(arrays)
+    samples = [k for k in names if k != "y"]  # a --calib/--eval file runs as it is
+    for prefix, present in (("x", samples), ("arg", names)):
+        n = count if count is not None else len(present)
+        want = [f"{prefix}{i}" for i in range(n)]
+        if sorted(present) == sorted(want):
+            return [arrays[k] for k in want]
+    if samples == ["x"] and count in (None, 1):
+        return [arrays["x"]]
+    n = f"{count} input(s)" if count is not None else "the model's inputs"
+    raise InputError(
+        f"{what}: arrays must be named x (one input), x0, x1, … or arg0, arg1, … for {n}; "
+        f"it has {', '.join(repr(k) for k in names) or 'none'}"
+    )
+
+
+def load_samples(
+    path: Path,
+    example_inputs: Sequence[np.ndarray],
+    flag: str,
+    need_labels: bool = False,
+    index_ranges: dict[int, tuple[int, int]] | None = None,
+) -> Samples:
+    """Read and check a sample file against the model's example inputs (and the
+    valid ranges of inputs that index tables, from ``lower.input_index_ranges``)."""
+    from optc.lower import check_index_ranges
+
     path = Path(path)
     data = read_arrays(path, f"{flag} {path}")
-    if not isinstance(data, np.lib.npyio.NpzFile):
+    if not isinstance(data, dict):
         raise InputError(f"{flag} {path}: expected a .npz with arrays x (inputs) and y (labels)")
     names = ["x"] if len(example_inputs) == 1 else [f"x{i}" for i in range(len(example_inputs))]
-    missing = [n for n in names + (["y"] if need_labels else []) if n not in data.files]
+    missing = [n for n in names + (["y"] if need_labels else []) if n not in data]
     if missing:
-        raise InputError(f"{flag} {path}: missing array(s) {', '.join(missing)}; it has {', '.join(data.files) or 'none'} (x: inputs, batch first; y: labels)")
+        raise InputError(f"{flag} {path}: missing array(s) {', '.join(missing)}; it has {', '.join(data) or 'none'} (x: inputs, batch first; y: labels)")
+    unknown = [n for n in data if n not in names and n != "y"]
+    if unknown:
+        raise InputError(f"{flag} {path}: unknown array(s) {', '.join(unknown)}; expected {', '.join(names)} (inputs, batch first) and y (labels)")
     inputs = []
     for name, example in zip(names, example_inputs):
         x = data[name]
@@ -80,14 +142,27 @@ def load_samples(path: Path, example_inputs: Sequence[np.ndarray], flag: str, ne
             )
         if np.issubdtype(example.dtype, np.floating) != np.issubdtype(x.dtype, np.floating):
             raise InputError(f"{flag} {path}: {name} is {x.dtype} but the model takes {example.dtype}")
-        inputs.append(np.ascontiguousarray(x.astype(example.dtype)))
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = np.ascontiguousarray(x.astype(example.dtype))
+        if np.issubdtype(x.dtype, np.floating):  # after the cast: a float64 beyond float32's range becomes Inf
+            finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+            if not finite.all():
+                raise InputError(
+                    f"{flag} {path}: {name} holds NaN or Inf (first in sample {int(np.argmin(finite))}, "
+                    f"after conversion to {example.dtype}); samples must be finite"
+                )
+        inputs.append(x)
     if len({len(x) for x in inputs}) != 1:
         raise InputError(f"{flag} {path}: the input arrays hold different numbers of samples")
+    if index_ranges:
+        check_index_ranges(inputs, index_ranges, f"{flag} {path}")
     labels = None
-    if "y" in data.files:
+    if "y" in data:
         labels = data["y"]
         if labels.shape != (len(inputs[0]),) or not np.issubdtype(labels.dtype, np.integer):
             raise InputError(f"{flag} {path}: y must be integer labels of shape ({len(inputs[0])},), got {labels.dtype} {_fmt(labels.shape)}")
+        if labels.size and labels.min() < 0:
+            raise InputError(f"{flag} {path}: y holds a negative label ({int(labels.min())}, first in sample {int(np.argmax(labels < 0))}); labels are class indices >= 0")
     return Samples(path, inputs, labels)
 
 
@@ -99,9 +174,18 @@ def top1(predict: Callable[[list[np.ndarray]], np.ndarray], samples: Samples, ba
     """Top-1 accuracy of ``predict`` (inputs -> logits, batch first) on labelled samples."""
     assert samples.labels is not None
     hits = 0
+    classes = None
     done = 0
     for chunk, real in samples.batches(batch):
         logits = np.asarray(predict(chunk)).reshape(batch, -1)[:real]
+        if classes is None:
+            classes = logits.shape[1]
+            bad = np.flatnonzero(samples.labels >= classes)
+            if bad.size:
+                raise InputError(
+                    f"--eval {samples.path}: y holds label {int(samples.labels[bad[0]])} (sample {int(bad[0])}) "
+                    f"but the model scores {classes} classes (labels 0..{classes - 1})"
+                )
         hits += int((logits.argmax(axis=1) == samples.labels[done:done + real]).sum())
         done += real
     return hits / len(samples)

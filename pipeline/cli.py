@@ -3,6 +3,8 @@ non-zero; anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,22 +25,47 @@ class OptcGroup(click.Group):
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
         warnings.filterwarnings("ignore", message=r"The tensor attributes .* were assigned during export")
+        previous = signal.signal(signal.SIGTERM, _terminated)
         try:
             return super().invoke(ctx)
         except OptcError as e:
+            if e.detail and (ctx.obj or {}).get("verbose"):
+                click.echo(e.detail.rstrip(), err=True)
             click.echo(f"optc: error: {e}", err=True)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            # Raised through every write and child process, so temporary files
+            # are removed and iree-compile is killed on the way out.
+            click.echo("optc: interrupted", err=True)
+            sys.exit(130)
+        except Terminated:
+            click.echo("optc: terminated", err=True)
+            sys.exit(143)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so cleanup runs the same way."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one cleanup, not one per signal
+    raise Terminated()
 
 
 @click.group(cls=OptcGroup)
 @click.version_option(package_name="optc")
-def main() -> None:
+@click.option("--verbose", is_flag=True, help="on an error, also print what the tools printed (torch graph dumps, MLIR diagnostics)")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """optc: a compression compiler for PyTorch models.
 
     \b
     Example:
       optc compile --plugins lowrank --opt lowrank.rank=16 --target cpu examples.models:mlp -o out/mlp.vmfb
     """
+    ctx.obj = {"verbose": verbose}
 
 
 def model_options(f):
@@ -96,18 +123,25 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
     """
     from optc.api import parse_assignments
     from optc.driver import compile_model, load_and_lower, require_calibration, select
+    from optc.load import parse_input_shape
     from optc.metadata import check_labels
-    from optc.report import compile_report, write_bytes_atomic, write_json_atomic
+    from optc.report import compile_report, write_artifact_pair
 
     if tolerance is not None and not tolerance > 0:
         raise InputError(f"--tolerance {tolerance}: must be > 0")
     if batch is not None and batch <= 0:
         raise InputError(f"--batch {batch}: must be a positive integer")
+    for spec in input_shapes:
+        parse_input_shape(spec)  # before any heavy work
     class_labels = [label.strip() for label in labels.split(",")] if labels else []
     sel = select(_split_plugins(plugins), target, parse_assignments(opts, "--opt"), parse_assignments(target_opts, "--target-opt"))
     out = output or Path(Path(model.split(":")[-1]).stem + ".vmfb")
     if out.suffix != ".vmfb":
         raise InputError(f"-o {out}: the artifact name must end in .vmfb")
+    sources = [("MODEL", Path(model)), ("--calib", calib), ("--eval", eval_data)]
+    for written in (out, out.with_suffix(".json")):
+        refuse_overwriting_input(written, "-o", sources)
+        check_writable(written, "-o")
     require_calibration([m for m, _ in sel.methods], calib is not None)  # before any heavy work
     lowered = load_and_lower(model, trust, input_shapes, batch)
     if class_labels:
@@ -117,9 +151,33 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
         loaded_and_lowered=lowered, labels=class_labels,
     )  # fmt: skip
     report = compile_report(compiled, str(out))
-    write_bytes_atomic(out, compiled.artifact.vmfb)
-    write_json_atomic(out.with_suffix(".json"), report)
+    write_artifact_pair(out, compiled.artifact.vmfb, out.with_suffix(".json"), report)
     _print_summary(report)
+
+
+def refuse_overwriting_input(output: Path, flag: str, inputs: Sequence[tuple[str, Path | None]]) -> None:
+    """One line when ``output`` is one of the files this command reads."""
+    for what, path in inputs:
+        if path is not None and _same_file(output, path):
+            raise InputError(f"{flag} {output}: that is the {what} file this command reads; choose another output path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Fail before the work, not after it, when ``path`` cannot be written."""
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory; give a file path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: cannot write in {folder} (permission denied or not a directory)")
 
 
 @main.command()
@@ -226,8 +284,10 @@ def report(report_json, output):
 
     if not report_json.exists():
         raise InputError(f"report not found: {report_json}")
-    data = load_report(report_json)
     out = output or report_json.with_suffix(".html")
+    refuse_overwriting_input(out, "-o", [("REPORT", report_json)])
+    check_writable(out, "-o")
+    data = load_report(report_json)
     write_bytes_atomic(out, render_html(data).encode())
     click.echo(f"wrote {out}")
 
@@ -238,6 +298,8 @@ def _print_summary(report: dict) -> None:
     t = report["totals"]
     v = report["verification"]
     click.echo(f"artifact   {report['artifact']['path']} ({report['artifact']['bytes']:,} bytes, target {report['target']['name']})")
+    if report["target"].get("flags_used", "").startswith("safe ("):
+        click.echo(f"flags      {report['target']['flags_used']}")
     click.echo(f"report     {Path(report['artifact']['path']).with_suffix('.json')}")
     for m in report["methods"]:
         done = sum(c["status"] == "changed" for c in m["changes"])
@@ -248,7 +310,10 @@ def _print_summary(report: dict) -> None:
         click.echo(f"method     none: the dense model ({t['params_before']:,} params, {_megabytes(t['param_bytes_before'])} of weights)")
     else:
         click.echo(f"params     {t['params_before']:,} -> {t['params_after']:,}; weights {_megabytes(t['param_bytes_before'])} (dense) -> {_megabytes(t['param_bytes_after'])}")
-        fewer = f"{t['flop_reduction']:.2f}x fewer" if t["macs_after"] != t["macs_before"] else "unchanged"
+        if t["flop_reduction"] is None:
+            fewer = "no contractions left"
+        else:
+            fewer = f"{t['flop_reduction']:.2f}x fewer" if t["macs_after"] != t["macs_before"] else "unchanged"
         click.echo(f"FLOPs(MAC) {t['macs_before']:,} -> {t['macs_after']:,} ({fewer})")
     with_what = v.get("verified_with", "the artifact itself")
     checked, _, not_run = ("artifact", "", "") if with_what == "the artifact itself" else with_what.partition("; ")
@@ -290,9 +355,10 @@ def run(artifact, inputs, output, target):
     import numpy as np
 
     from optc.calibration import Samples
+    from optc.lower import check_index_ranges
     from optc.metadata import optc_info, read
     from optc.registry import load_registry
-    from optc.report import load_report, write_bytes_atomic
+    from optc.report import artifact_sha256, load_report, write_bytes_atomic
 
     if not artifact.exists():
         raise InputError(f"artifact not found: {artifact}")
@@ -301,14 +367,32 @@ def run(artifact, inputs, output, target):
     except InputError as e:
         raise InputError(f"{artifact}: {e}") from None
     sidecar = artifact.with_suffix(".json")
-    if described is None and sidecar.exists():  # an artifact from before optc wrote its metadata into it
-        described = load_report(sidecar)
+    if output is not None:
+        refuse_overwriting_input(output, "--output", [("artifact", artifact), ("report", sidecar), *(("--input", p) for p in inputs)])
+        check_writable(output, "--output")
+    vmfb = artifact.read_bytes()
+    report = load_report(sidecar) if sidecar.exists() else None
+    if report is not None:
+        recorded = report["artifact"].get("sha256")
+        if recorded is not None and recorded != artifact_sha256(vmfb):
+            raise InputError(
+                f"{artifact} does not match its report {sidecar} (sha256 differs: they come from different compiles); "
+                "recompile, or remove the stale .json"
+            )
+        if described is None:  # an artifact from before optc wrote its metadata into it
+            if not isinstance(report["target"].get("name"), str) or not isinstance(report["target"].get("options"), dict):
+                raise InputError(f"{sidecar} is not a complete optc report: field 'target' needs a name and options")
+            if not all(isinstance(e, dict) and isinstance(e.get("shape"), list) for e in report["inputs"]):
+                raise InputError(f"{sidecar} is not a complete optc report: field 'inputs' needs a shape per input")
+            described = report
     expected = None
     target_options = {}
     if described is not None:
         target = target or described["target"]["name"]
         target_options = {k: str(v) for k, v in described["target"]["options"].items() if not isinstance(v, list)}
         expected = [{"shape": list(s["shape"]), "dtype": s["dtype"]} for s in described["inputs"]]
+    # Integer inputs that index a table: their valid range is in the (hash-checked) report.
+    ranges = {i: (int(e["index_range"][0]), int(e["index_range"][1])) for i, e in enumerate(report["inputs"]) if _is_range(e.get("index_range"))} if report else {}
     from optc.api import build_options
     from optc.errors import TargetUnavailableError
 
@@ -321,7 +405,7 @@ def run(artifact, inputs, output, target):
     ok, reason = tgt.runs_here(options)
     if not ok:
         raise TargetUnavailableError(f"cannot run {artifact} here: {reason}")
-    arrays = _read_inputs(inputs)
+    arrays = _read_inputs(inputs, len(expected) if expected is not None else None)
     batch = None  # run in chunks of this many samples
     if expected is not None:
         got = [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in arrays]
@@ -329,8 +413,9 @@ def run(artifact, inputs, output, target):
             if not _same_samples(got, expected):
                 raise InputError(f"inputs {_fmt(got)} do not match the artifact's inputs {_fmt(expected)}")
             batch = expected[0]["shape"][0]
+    check_index_ranges(arrays, ranges, "--input")
     try:
-        session = tgt.open(artifact.read_bytes(), options)
+        session = tgt.open(vmfb, options)
     except InputError as e:
         raise InputError(f"{artifact}: {e}") from None
     if batch is None:
@@ -357,6 +442,10 @@ def run(artifact, inputs, output, target):
         click.echo(f"out{i} {o.dtype} {'x'.join(map(str, o.shape))}: {np.array2string(flat[:8], precision=4)}{' …' if flat.size > 8 else ''}")
 
 
+def _is_range(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
 def _same_samples(got: list[dict], expected: list[dict]) -> bool:
     """Inputs that are samples for a batch artifact: each input as the artifact's but
     for the batch (first) dimension, all with the same number of samples."""
@@ -372,23 +461,20 @@ def _fmt(sig: list[dict]) -> str:
     return ", ".join(f"{'x'.join(map(str, s['shape']))}:{s['dtype']}" for s in sig)
 
 
-def _read_inputs(paths: Sequence[Path]) -> list:
-    import numpy as np
+def _read_inputs(paths: Sequence[Path], count: int | None) -> list:
+    """One .npy per input, in order, or one .npz whose arrays carry the
+    documented names (x / x0, x1, … / arg0, arg1, …)."""
+    from optc.calibration import input_arrays, read_arrays
 
-    from optc.calibration import read_arrays
-
-    arrays = []
-    for p in paths:
-        data = read_arrays(p, f"input file {p}")
-        if isinstance(data, np.lib.npyio.NpzFile):
-            if "x" in data.files or "x0" in data.files:  # a sample file, as for --calib/--eval
-                keys = ["x"] if "x" in data.files else [k for k in data.files if k[0] == "x" and k[1:].isdigit()]
-            else:
-                keys = data.files
-            arrays.extend(data[k] for k in sorted(keys, key=lambda k: (len(k), k)))
-        else:
-            arrays.append(data)
-    return arrays
+    loaded = [(p, read_arrays(p, f"--input {p}")) for p in paths]
+    archives = [p for p, data in loaded if isinstance(data, dict)]
+    if archives and len(paths) > 1:
+        raise InputError(f"--input {archives[0]}: give one .npz holding every input, or one .npy per input, not both")
+    if archives:
+        return input_arrays(loaded[0][1], count, f"--input {archives[0]}")
+    if count is not None and len(paths) != count:
+        raise InputError(f"--input: the artifact takes {count} input(s), got {len(paths)} file(s)")
+    return [data for _, data in loaded]
 
 
 @main.command()

@@ -181,14 +181,17 @@ def compile_model(
     compressed reference."""
     from optc.calibration import Calibration, load_samples
     from optc.errors import VerifyError
+    from optc.lower import check_index_ranges, input_index_ranges
     from optc.metadata import annotate, describe
     from optc.verify import DEFAULT_TOLERANCE, verify
 
     require_calibration([m for m, _ in sel.methods], calib is not None)  # before any heavy work
     loaded, original = loaded_and_lowered or load_and_lower(model_spec, trust, input_shapes)
     examples = original.example_inputs
-    samples = load_samples(calib, examples, "--calib") if calib is not None else None
-    evaluation = load_samples(eval_data, examples, "--eval", need_labels=True) if eval_data is not None else None
+    ranges = input_index_ranges(original)  # integer inputs that index tables: checked before every run
+    check_index_ranges(examples, ranges, "the example inputs")
+    samples = load_samples(calib, examples, "--calib", index_ranges=ranges) if calib is not None else None
+    evaluation = load_samples(eval_data, examples, "--eval", need_labels=True, index_ranges=ranges) if eval_data is not None else None
     program = original.clone()
     ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir, progress=progress)
     results = apply_methods(program, sel.methods, ctx, progress=log)

@@ -9,9 +9,14 @@ def first_line(e: BaseException) -> str:
 
 
 class OptcError(Exception):
-    """Base of all user-facing errors."""
+    """Base of all user-facing errors. ``detail``: what the tools printed on the
+    way (graph dumps, diagnostics), shown only with ``optc --verbose``."""
 
     exit_code = 2
+
+    def __init__(self, message: str = "", detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class LoadError(OptcError):

@@ -15,6 +15,7 @@ import re
 import sys
 import zipfile
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _DTYPES = ("float32", "float16", "int64", "int32", "bool")
+_DIM_RE = re.compile(r"^-?[0-9]{1,12}$")
+MAX_INPUT_ELEMENTS = 2**31  # 8 GiB of float32: beyond that an example input is a typo
 
 
 @dataclass
@@ -54,12 +57,14 @@ def parse_input_shape(spec: str) -> tuple[tuple[int, ...], str]:
     dtype = dtype or "float32"
     if dtype not in _DTYPES:
         raise InputError(f"--input-shape {spec!r}: dtype must be one of {', '.join(_DTYPES)}")
-    try:
-        shape = tuple(int(d) for d in shape_s.lower().split("x"))
-    except ValueError:
-        raise InputError(f"--input-shape {spec!r}: expected dimensions like 1x3x32x32[:dtype]") from None
-    if not shape or any(d <= 0 for d in shape):
+    dims = shape_s.lower().split("x")
+    if not all(_DIM_RE.match(d) for d in dims):  # ASCII digits only: int() also takes "１６", "1_6", " 16"
+        raise InputError(f"--input-shape {spec!r}: expected dimensions like 1x3x32x32[:dtype]")
+    shape = tuple(int(d) for d in dims)
+    if any(d <= 0 for d in shape):
         raise InputError(f"--input-shape {spec!r}: every dimension must be a positive integer")
+    if prod(shape) > MAX_INPUT_ELEMENTS:
+        raise InputError(f"--input-shape {spec!r}: {prod(shape):,} elements is too large (at most {MAX_INPUT_ELEMENTS:,} per input)")
     return shape, dtype
 
 
@@ -213,12 +218,17 @@ def _load_factory(spec: str, input_shapes: Sequence[str]) -> Model:
         module = importlib.import_module(mod_name)
     except ImportError as e:
         raise LoadError(f"cannot import {mod_name!r} for {spec}: {e}") from None
+    except Exception as e:  # the module's own code failed while importing
+        raise LoadError(f"importing {mod_name!r} for {spec} raised {type(e).__name__}: {first_line(e)}") from None
     factory: Any = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
         if factory is None:
             raise LoadError(f"{mod_name} has no attribute {attr!r}")
-    made = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
+    try:
+        made = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
+    except Exception as e:  # the user's code: any error is theirs to fix
+        raise LoadError(f"{spec} raised {type(e).__name__}: {first_line(e)}") from None
     inputs: tuple = ()
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module):
         made, inputs = made[0], tuple(made[1])

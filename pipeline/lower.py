@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import sys
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from optc.errors import LowerError, first_line
+from optc.errors import InputError, LowerError, OptcError, first_line
 from optc.load import Model
 from optc.program import Program
 
@@ -63,22 +64,44 @@ class _Captured:
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[_Captured]:
-    """MLIR prints its diagnostics (the op that failed) to fd 2, not into the
-    exception; capture them so the error can name the op and nothing leaks."""
+def _captured_output() -> Iterator[_Captured]:
+    """Capture fds 1 and 2 (and Python's streams, which write there): MLIR prints
+    its diagnostics (the op that failed) to fd 2, not into the exception, and
+    torch.export prints graph dumps and logger tracebacks when it fails. The
+    error names the op; the rest is kept for ``optc --verbose``."""
     captured = _Captured()
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+") as buf:
-        os.dup2(buf.fileno(), 2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+", errors="replace") as buf:
+        for fd in saved:
+            os.dup2(buf.fileno(), fd)
         try:
             yield captured
         finally:
+            sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, old in saved.items():
+                os.dup2(old, fd)
+                os.close(old)
             buf.seek(0)
             captured.text = buf.read()
+
+
+@contextlib.contextmanager
+def _private_tempdir() -> Iterator[str]:
+    """Point ``tempfile`` at a fresh 0700 folder, removed afterwards whatever
+    happens: torch-mlir writes a failing module (every weight, in hex) to
+    ``tempfile.gettempdir()/UnnammedModule.mlir`` as a reproducer, readable by
+    anyone, and never removes it."""
+    folder = tempfile.mkdtemp(prefix="optc-lower-")  # mode 0700
+    previous = tempfile.tempdir
+    tempfile.tempdir = folder
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def unlowerable_op(message: str) -> str | None:
@@ -91,6 +114,25 @@ def unlowerable_op(message: str) -> str | None:
 
 def lower(model: Model) -> Program:
     """torch.export -> decompositions -> torch-mlir -> linalg on tensors."""
+    diagnostics = _Captured()
+    with _private_tempdir():
+        try:
+            with _captured_output() as diagnostics:
+                module, params = _export_and_import(model)
+        except OptcError as e:
+            e.detail = diagnostics.text
+            raise
+        except Exception as e:
+            text = diagnostics.text + "\n" + str(e)
+            op = unlowerable_op(text)
+            if op:
+                raise LowerError(f"cannot lower op {op} of {model.source} to linalg (torch-mlir has no lowering for it)", detail=text) from None
+            raise LowerError(f"lowering {model.source} to linalg failed: {first_line(e)}", detail=text) from None
+    inputs = tuple(np.ascontiguousarray(t.detach().cpu().numpy()) for t in model.example_inputs)
+    return Program(module=module, params=params, example_inputs=inputs)
+
+
+def _export_and_import(model: Model) -> tuple[Any, dict[str, np.ndarray]]:
     from torch_mlir import fx
     from torch_mlir.extras.fx_decomp_util import get_decomposition_table
 
@@ -102,15 +144,84 @@ def lower(model: Model) -> Program:
     names = {id(t): k for k, t in ep.state_dict.items()}
     names.update({id(t): k for k, t in ep.constants.items()})
     hooks = _naming_hooks(names)
-    diagnostics = _Captured()
-    try:
-        with _captured_stderr() as diagnostics:
-            module = fx.export_and_import(ep, output_type="linalg-on-tensors", hooks=hooks, decomposition_table={})
-    except Exception as e:
-        text = diagnostics.text + "\n" + str(e)
-        op = unlowerable_op(text)
-        if op:
-            raise LowerError(f"cannot lower op {op} of {model.source} to linalg (torch-mlir has no lowering for it)") from None
-        raise LowerError(f"lowering {model.source} to linalg failed: {first_line(e)}") from None
-    inputs = tuple(np.ascontiguousarray(t.detach().cpu().numpy()) for t in model.example_inputs)
-    return Program(module=module, params=dict(hooks.params), example_inputs=inputs)
+    module = fx.export_and_import(ep, output_type="linalg-on-tensors", hooks=hooks, decomposition_table={})
+    return module, dict(hooks.params)
+
+
+_INDEX_VIEWS = ("tensor.collapse_shape", "tensor.expand_shape", "tensor.cast")
+
+
+def input_index_ranges(program: Program) -> dict[int, tuple[int, int]]:
+    """Integer inputs that index a table (an embedding gather, index_select):
+    input position -> the valid range [low, high) of its values.
+
+    torch-mlir lowers such a gather to a ``linalg.generic`` whose body does
+    ``tensor.extract %table[index_cast(%in), …]`` with %in an element of the
+    input; the range is the table's size along that dimension (the smallest over
+    every table an input indexes). IREE drops the ``cf.assert`` torch-mlir puts
+    beside it, so an index out of range reads past the table; callers check
+    inputs against these ranges before running the module."""
+    from torch_mlir import ir
+
+    args = list(program.body.arguments)
+    ranges: dict[int, tuple[int, int]] = {}
+    for op in program.ops():
+        if op.name != "linalg.generic":
+            continue
+        gen = op.opview
+        block = gen.regions[0].blocks[0]
+        n_in = len(gen.inputs)
+        for inner in block.operations:
+            if inner.operation.name != "tensor.extract":
+                continue
+            table_shape = ir.RankedTensorType(inner.operands[0].type).shape
+            for dim, index in enumerate(list(inner.operands)[1:]):
+                cast = index.owner
+                if not isinstance(cast, (ir.OpView, ir.Operation)) or cast.operation.name not in ("arith.index_cast", "arith.index_castui"):
+                    continue
+                src = cast.operation.operands[0]
+                if not isinstance(src.owner, ir.Block) or src.owner != block:
+                    continue
+                pos = ir.BlockArgument(src).arg_number
+                if pos >= n_in:
+                    continue
+                value = _through_views(gen.inputs[pos])
+                if value is None:
+                    continue
+                which = next((i for i, a in enumerate(args) if a == value), None)
+                if which is None or table_shape[dim] < 0:
+                    continue
+                high = min(table_shape[dim], ranges.get(which, (0, table_shape[dim]))[1])
+                ranges[which] = (0, high)
+    return ranges
+
+
+def _through_views(value: ir.Value) -> ir.Value | None:
+    """``value`` traced back through reshapes to a function argument, else None."""
+    from torch_mlir import ir
+
+    while True:
+        owner = value.owner
+        if isinstance(owner, ir.Block):
+            return value
+        op = owner.operation
+        if op.name not in _INDEX_VIEWS:
+            return None
+        value = op.operands[0]
+
+
+def check_index_ranges(arrays: Sequence[np.ndarray], ranges: dict[int, tuple[int, int]], what: str) -> None:
+    """One InputError line naming the first input value outside its table's range."""
+    for i, (low, high) in sorted(ranges.items()):
+        if i >= len(arrays):
+            continue
+        a = np.asarray(arrays[i])
+        if not np.issubdtype(a.dtype, np.integer) or a.size == 0:
+            continue
+        bad = np.flatnonzero((a < low) | (a >= high))
+        if bad.size:
+            where = np.unravel_index(bad[0], a.shape)
+            raise InputError(
+                f"{what}: input {i} indexes a table of {high} rows, so its values must be in [{low}, {high}); "
+                f"found {a.flat[bad[0]]} at {list(map(int, where))} ({bad.size} value(s) out of range)"
+            )

@@ -472,8 +472,7 @@ class Program:
 
     def clone(self) -> "Program":
         """An independent copy (a new context), so a method can rewrite without touching this one."""
-        ctx = ir.Context()
-        module = ir.Module.parse(self.to_bytecode(), context=ctx)
+        module = ir.Module.parse(self.to_bytecode(), context=_torch_mlir_context())
         return Program(
             module=module,
             params=dict(self.params),
@@ -582,6 +581,21 @@ class Layer:
     def layout(self) -> storage.Layout:
         """How the parameter lays out the out×in matrix (for ``storage.store``)."""
         return storage.Layout(self._view_to_param)
+
+
+def _torch_mlir_context() -> ir.Context:
+    """A fresh context that knows every dialect torch-mlir's linalg output can hold.
+    A bare ``ir.Context()`` has only upstream dialects: ``tm_tensor`` (sort, scatter,
+    topk …) is registered by torch-mlir's passes, so one of them is run on an empty
+    module to load it, as the lowering context had it loaded."""
+    from torch_mlir import passmanager
+    from torch_mlir.dialects import torch as torch_d
+
+    ctx = ir.Context()
+    torch_d.register_dialect(ctx)
+    with ctx, ir.Location.unknown():
+        passmanager.PassManager.parse("builtin.module(func.func(convert-torch-to-tmtensor))").run(ir.Module.create().operation)
+    return ctx
 
 
 class LayerRewriter:

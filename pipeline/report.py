@@ -4,7 +4,8 @@ Top-level keys of a compile report:
   schema        "optc.report/1"
   kind          "compile"
   model         the model path or reference
-  target        {"name", "options"}
+  target        {"name", "options", "flags_used"?}   flags_used: which flag set built the
+                artifact ("fast", "safe", or "safe (fast set failed: <IREE's error>)")
   methods       [{"name", "options", "changes": [{"layer", "action", "status", "reason", "details"}]}]
                 status "changed" or "skipped"; reason (skipped only) an optc.api.SkipReason
                 name in lower case, e.g. "does_not_fit", "already_rewritten"
@@ -15,8 +16,10 @@ Top-level keys of a compile report:
                  "flop_reduction"}
   verification  {"compile_error": {"max_abs", "max_rel"}, "compression_error": {...},
                  "tolerance", "passed"}
-  artifact      {"path", "bytes", "compile_seconds"}
-  inputs        [{"shape", "dtype"}]
+  artifact      {"path", "bytes", "compile_seconds", "sha256"}   sha256 of the .vmfb written
+                beside this report (compile only; `optc run` refuses a mismatched pair)
+  inputs        [{"shape", "dtype", "index_range"?}]   index_range: [low, high) of an integer
+                input that indexes a table (embedding); `optc run` refuses values outside it
   calibration   {"path", "samples"}                       (with --calib)
   accuracy      {"path", "samples", "original", "compressed_reference", "artifact"}
                 top-1 in [0, 1] on --eval data            (with --eval)
@@ -25,6 +28,7 @@ FLOPs are counted as multiply-accumulates (MACs).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -32,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from optc.api import MethodResult
+from optc.errors import first_line
+from optc.lower import input_index_ranges
 from optc.program import LayerStats, Program
 
 if TYPE_CHECKING:
@@ -93,7 +99,11 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
         "schema": SCHEMA,
         "kind": "compile",
         "model": c.model_spec,
-        "target": {"name": c.selection.target.name, "options": options_dict(c.selection.target_options)},
+        "target": {
+            "name": c.selection.target.name,
+            "options": options_dict(c.selection.target_options),
+            **({"flags_used": c.artifact.flags_used} if c.artifact.flags_used else {}),
+        },
         "methods": [
             {"name": m.name, "options": options_dict(o), "changes": [ch.as_dict() for ch in r.changes]}
             for (m, o), r in zip(c.selection.methods, c.results)
@@ -102,18 +112,77 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
         "totals": totals(c.original, c.program),
         "verification": verification,
         "artifact": {"path": artifact_path, "bytes": len(c.artifact.vmfb), "compile_seconds": c.artifact.compile_seconds},
-        "inputs": [{"shape": list(x.shape), "dtype": str(x.dtype)} for x in c.program.example_inputs],
+        "inputs": input_signature(c.program.example_inputs, input_index_ranges(c.original)),
         **({"calibration": c.calibration} if c.calibration else {}),
         **({"accuracy": c.accuracy} if c.accuracy else {}),
     }
 
 
+def input_signature(inputs: Sequence[Any], index_ranges: dict[int, tuple[int, int]]) -> list[dict[str, Any]]:
+    """The report's ``inputs``: shape and dtype of each, and the valid
+    ``index_range`` [low, high) of integer inputs that index a table."""
+    return [
+        {"shape": list(x.shape), "dtype": str(x.dtype), **({"index_range": list(index_ranges[i])} if i in index_ranges else {})}
+        for i, x in enumerate(inputs)
+    ]
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
+    write_bytes_atomic(path, report_bytes(data))
+
+
+def report_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same folder and rename: no partial file on failure."""
+    tmp = _write_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def write_artifact_pair(vmfb_path: Path, vmfb: bytes, json_path: Path, report: dict[str, Any]) -> None:
+    """Write an artifact and its report as a pair: the report carries the
+    artifact's sha256 (``optc run`` checks it). Both go to temporary files
+    first; then, holding an exclusive lock on the folder (so two compiles to the
+    same -o cannot interleave their renames), the .json is renamed before the
+    .vmfb. A failure in between leaves the new .json beside the old .vmfb, which
+    the hash exposes; it is removed, so no report describes the wrong artifact."""
+    import fcntl
+
+    report = {**report, "artifact": {**report["artifact"], "sha256": artifact_sha256(vmfb)}}
+    vmfb_path.parent.mkdir(parents=True, exist_ok=True)
+    temps = []
+    try:
+        temps.append(_write_temp(json_path, report_bytes(report)))
+        temps.append(_write_temp(vmfb_path, vmfb))
+        folder = os.open(vmfb_path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            os.replace(temps[0], json_path)
+            try:
+                os.replace(temps[1], vmfb_path)
+            except BaseException:
+                _unlink(json_path)
+                raise
+        finally:
+            os.close(folder)  # releases the lock
+    except BaseException:
+        for t in temps:
+            _unlink(t)
+        raise
+
+
+def artifact_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """``data`` in a hidden temporary file beside ``path`` (removed on any failure)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -122,20 +191,64 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink(tmp)
         raise
+    return tmp
+
+
+def _unlink(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+_REQUIRED = {  # top-level key -> its JSON type, in every report optc writes
+    "schema": str, "kind": str, "model": str, "target": dict, "methods": list, "layers": list,
+    "totals": dict, "verification": dict, "artifact": dict, "inputs": list,
+}
+_LIMIT = 2**63  # beyond any count optc writes; larger integers do not fit a float
 
 
 def load_report(path: Path) -> dict[str, Any]:
+    """A report as written by optc, or one InputError line naming what is wrong."""
     from optc.errors import InputError
 
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path} is not an optc report: {e}") from None
+        data = json.loads(Path(path).read_text(), parse_constant=_refuse_constant)
+    except (OSError, ValueError, RecursionError) as e:
+        raise InputError(f"{path} is not an optc report: {first_line(e)}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise InputError(f"{path} is not an optc report (expected \"schema\": \"{SCHEMA}\")")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(data.get(key), kind):
+            what = "is missing" if key not in data else f"is not a JSON {'object' if kind is dict else 'array' if kind is list else 'string'}"
+            raise InputError(f"{path} is not a complete optc report: field {key!r} {what}")
+    bad = _out_of_range(data, "")
+    if bad:
+        raise InputError(f"{path}: the number at {bad} is out of range for a report")
     return data
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a report holds")
+
+
+def _out_of_range(value: Any, where: str) -> str | None:
+    """The JSON path of the first integer too large to be a float, if any."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return where or "/" if abs(value) >= _LIMIT else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = _out_of_range(v, f"{where}/{k}")
+        if found:
+            return found
+    return None

@@ -38,7 +38,7 @@ def flatten_outputs(out: Any) -> list[np.ndarray]:
     if isinstance(out, (tuple, list)):
         return [a for o in out for a in flatten_outputs(o)]
     if isinstance(out, dict):
-        return [a for k in sorted(out) for a in flatten_outputs(out[k])]
+        return [a for v in out.values() for a in flatten_outputs(v)]  # insertion order, as torch.export flattens
     raise TypeError(f"unsupported model output type {type(out).__name__}")
 
 

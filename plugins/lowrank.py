@@ -18,6 +18,7 @@ import numpy as np
 from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, option
 from optc.hookspecs import hookimpl
 from optc.program import Layer, LayerRewriter, shape_of
+from optc.svd import truncated_svd
 
 
 @dataclass
@@ -68,14 +69,13 @@ class LowRank(LayerMethod):
             return Skip(SkipReason.UNSUPPORTED, f"{layer.kind} (lowrank factors matmul weights; convolutions are not factored)")
         matrix = layer.matrix().T  # in×out, as x·M reads it
         k, n = matrix.shape
-        svd = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)  # float64 for accuracy
-        s = svd[1]
-        r = choose_rank(s, options, k, n)
+        fixed = options.rank is not None or options.reduction is not None  # rank from k, n alone
+        svd = truncated_svd(matrix, rank=choose_rank(np.ones(min(k, n)), options, k, n) if fixed else None, energy=options.energy)
+        r = len(svd.s)
         if r * (k + n) >= k * n and not options.force:
             return Skip(SkipReason.NOT_PROFITABLE, f"rank {r} would not reduce FLOPs ({r}·({k}+{n}) ≥ {k}·{n})", {"rank": r})
-        a, b = factor(svd, r, matrix.dtype)
-        kept = float(np.sum(s[:r] ** 2) / np.sum(s**2)) if np.sum(s**2) > 0 else 1.0
-        details = {"rank": r, "in": k, "out": n, "energy_kept": kept, "ops": len(layer.uses)}
+        a, b = factor((svd.u, svd.s, svd.vt), r, matrix.dtype)
+        details = {"rank": r, "in": k, "out": n, "energy_kept": svd.energy_kept(r), "ops": len(layer.uses)}
         return Plan(f"factorized rank {r}", details, a=a, b=b)
 
     def rewrite(self, layer: Layer, plan: Plan, rw: LayerRewriter) -> np.ndarray:
@@ -87,7 +87,8 @@ class LowRank(LayerMethod):
             return build.linear(t, b_val, init)
 
         rw.each_use(two_matmuls)
-        return layer.from_matrix((plan.a.astype(np.float64) @ plan.b.astype(np.float64)).T.astype(np.float32))
+        # in the factors' dtype: a float64 product doubled the memory of a big layer
+        return layer.from_matrix((plan.a @ plan.b).T.astype(np.float32))
 
 
 @hookimpl

@@ -3,6 +3,9 @@ runtime session that calls the module's entry function."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -16,21 +19,52 @@ from optc.program import Program
 def compile_program(
     program: Program, target: str, backend: str, flags: Sequence[str], options: Any
 ) -> Artifact:
-    import iree.compiler as ic
-
     if program.has_narrow_weights():
         # Compile-time constant evaluation would fold each dequantize into an f32
         # copy of the weight inside the artifact; evaluated at load time instead,
         # the artifact keeps the narrow bytes and inference still reads f32.
         flags = [*flags, "--iree-opt-const-eval=false"]
     start = time.perf_counter()
-    try:
-        vmfb = ic.compile_str(program.to_bytecode(), target_backends=[backend], extra_args=list(flags))
-    except ic.CompilerToolError as e:
-        lines = [ln for ln in str(e).splitlines() if "error:" in ln]
-        detail = lines[0].strip() if lines else first_line(e)
-        raise CompileError(f"IREE {backend} compile failed: {detail}") from None
+    vmfb = run_iree_compile(program.to_bytecode(), backend, flags)
     return Artifact(target=target, vmfb=vmfb, options=options, compile_seconds=time.perf_counter() - start)
+
+
+def run_iree_compile(module_bytecode: bytes, backend: str, flags: Sequence[str]) -> bytes:
+    """``iree-compile`` as a child that dies with optc (SIGKILL on parent death;
+    killed on any exception, SIGTERM and Ctrl-C included). A rejection is a
+    CompileError carrying IREE's own first error line."""
+    from iree.compiler.tools import core
+
+    with core.TempFileSaver.implicit() as tfs:
+        cmd = core.build_compile_command_line("-", tfs, core.CompilerOptions(target_backends=[backend], extra_args=list(flags)))
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+    try:
+        out, err = proc.communicate(module_bytecode)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise CompileError(f"IREE {backend} compile failed: {tool_error_line(err.decode(errors='replace'))}")
+    return out
+
+
+def tool_error_line(stderr: str) -> str:
+    """The line of a tool's stderr that says what went wrong: the first
+    ``error:`` line, else the first non-empty one."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error:" in ln]
+    line = (errors or lines or ["(no message)"])[0]
+    return line[:300] + (" …" if len(line) > 300 else "")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGKILL it when optc dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class IreeSession(Session):

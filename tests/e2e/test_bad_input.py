@@ -18,12 +18,15 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_optc(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def optc_command() -> list[str]:
+    exe = shutil.which("optc", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "optc.cli"]
+
+
+def run_optc(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The real CLI in a subprocess, from the repo root (so `examples.*` and
     `tests.*` factory references resolve), with the user's environment."""
-    exe = shutil.which("optc", path=str(Path(sys.executable).parent))
-    cmd = [exe] if exe else [sys.executable, "-m", "optc.cli"]
-    return subprocess.run([*cmd, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*optc_command(), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def assert_clean_failure(proc: subprocess.CompletedProcess, *fragments: str, out_dir: Path | None = None) -> str:
@@ -173,6 +176,13 @@ def test_op_that_cannot_be_lowered_is_named(tmp_path):
         pytest.param(["--tolerance", "0"], ["--tolerance", "must be > 0"], id="zero-tolerance"),
         pytest.param(["--input-shape", "1xfoo"], ["--input-shape '1xfoo'", "1x3x32x32"], id="bad-input-shape"),
         pytest.param(["--input-shape", "4x256:complex"], ["--input-shape '4x256:complex'", "float32", "int64"], id="bad-input-dtype"),
+        pytest.param(["--input-shape", "99999999999x99999999999x3"], ["--input-shape '99999999999x99999999999x3'", "too large"], id="absurd-input-shape"),
+        pytest.param(["--plugins", "lowrank", "--opt", "lowrank.rank=4", "--opt", "lowrank.rank=8"], ["lowrank.rank: given twice"], id="repeated-opt"),
+        pytest.param(["--plugins", "lowrank", "--opt", "lowrank.rank=１６"], ["lowrank.rank='１６'", "expected int"], id="non-ascii-int"),
+        pytest.param(["--plugins", "lowrank", "--opt", "lowrank.reduction=inf"], ["lowrank.reduction='inf'", "finite"], id="infinite-float"),
+        pytest.param(["--target-opt", "cpu.cpu="], ["cpu=''", "LLVM CPU name"], id="empty-cpu"),
+        pytest.param(["--target-opt", "cpu.cpu=nosuchcpu"], ["IREE llvm-cpu compile failed", "Unknown CPU"], id="unknown-cpu"),
+        pytest.param(["--target-opt", "cpu.flags=--nosuchflag"], ["Unknown command line argument '--nosuchflag'"], id="unknown-iree-flag"),
     ],
 )
 def test_bad_names_and_options(tmp_path, args, fragments):
@@ -231,7 +241,7 @@ def test_run_input_that_is_not_npy(tmp_path, mlp_artifact):
     x.write_text("hello, not an array\n")
     out = tmp_path / "out"
     proc = run_optc("run", mlp_artifact, "--input", x, "--output", out / "y.npy")
-    assert_clean_failure(proc, "x.npy", "not a .npy/.npz array file", out_dir=out)
+    assert_clean_failure(proc, "x.npy", "not a numpy file", out_dir=out)
 
 
 def test_run_missing_input_file(tmp_path, mlp_artifact):
@@ -278,3 +288,62 @@ def test_sample_data_whose_shape_does_not_match_the_model(tmp_path, flag):
     other = "--eval" if flag == "--calib" else "--calib"
     proc, out = compile_into(tmp_path, "--plugins", "admm", flag, data, other, good, "examples.models:mlp")
     assert_clean_failure(proc, f"{flag} ", "wrong.npz: x has shape (8, 255) but the model takes (N, 256) float32", out_dir=out)
+
+
+# --------------------------------------------------------------------------- issue 8: damaged data, labels, reports, paths
+
+
+@pytest.mark.parametrize("how", ["object", "truncated", "bad-crc", "text"])
+@pytest.mark.parametrize("flag", ["--input", "--calib", "--eval"])
+def test_damaged_npz_is_one_line(tmp_path, mlp_artifact, how, flag):
+    from tests.pipeline.test_calibration import _corrupt
+
+    bad = _corrupt(tmp_path, how)
+    out = tmp_path / "out"
+    if flag == "--input":
+        proc = run_optc("run", mlp_artifact, "--input", bad, "--output", out / "y.npy")
+    else:
+        plugins = ["--plugins", "admm"] if flag == "--calib" else []
+        proc = run_optc("compile", *plugins, "examples.models:mlp", flag, bad, "-o", out / "m.vmfb")
+    line = assert_clean_failure(proc, f"{flag} ", f"{how}.npz", out_dir=out)
+    assert "allow_pickle" not in line
+
+
+def test_eval_labels_beyond_the_classes_are_refused(tmp_path):
+    data = tmp_path / "e.npz"
+    np.savez(data, x=np.zeros((8, 256), np.float32), y=np.array([0, 1, 2, 3, 4, 5, 6, 10]))
+    proc, out = compile_into(tmp_path, "examples.models:mlp", "--eval", data)
+    assert_clean_failure(proc, "--eval", "e.npz", "label 10 (sample 7)", "10 classes", out_dir=out)
+
+
+def test_nan_calibration_data_is_refused_naming_the_file(tmp_path):
+    data = tmp_path / "c.npz"
+    x = np.zeros((8, 256), np.float32)
+    x[5, 3] = np.nan
+    np.savez(data, x=x)
+    proc, out = compile_into(tmp_path, "--plugins", "bcr,admm", "--calib", data, "examples.models:mlp")
+    assert_clean_failure(proc, "--calib", "c.npz", "NaN or Inf (first in sample 5,", out_dir=out)
+
+
+@pytest.mark.parametrize("damage", ["missing-field", "huge-int"])
+def test_damaged_report_is_one_line(tmp_path, mlp_artifact, damage):
+    import json
+
+    report = json.loads(mlp_artifact.with_suffix(".json").read_text())
+    path = tmp_path / "r.json"
+    if damage == "missing-field":
+        del report["totals"]
+        path.write_text(json.dumps(report))
+    else:
+        path.write_text(json.dumps(report).replace('"bytes": ', '"bytes": 1' + "0" * 310 + " + ", 1).replace(" + ", "", 1).replace(str(report["artifact"]["bytes"]), "", 1))
+    out = tmp_path / "out"
+    proc = run_optc("report", path, "-o", out / "r.html")
+    assert_clean_failure(proc, "r.json", "missing" if damage == "missing-field" else "out of range", out_dir=out)
+
+
+def test_output_under_a_file_fails_before_the_compile(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = run_optc("compile", "examples.models:mlp", "-o", blocker / "m.vmfb")
+    assert_clean_failure(proc, "-o", "cannot write in")
+    assert "lowering" not in proc.stderr

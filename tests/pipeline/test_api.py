@@ -141,3 +141,31 @@ def test_progress_is_reported_per_layer():
     lines = []
     Scale().apply(p, ScaleOptions(), MethodContext(progress=lines.append))
     assert lines == ["scale: layer 1/3 0.weight", "scale: layer 2/3 2.weight", "scale: layer 3/3 4.weight"]
+@dataclass
+class _Numbers:
+    n: int = option(1, "an int")
+    f: float = option(1.0, "a float")
+
+
+@pytest.mark.parametrize("assign", [{"n": "１６"}, {"n": "٣٢"}, {"n": "1_6"}, {"n": " 16"}, {"f": "inf"}, {"f": "nan"},
+                                    {"f": "-Infinity"}, {"f": "1e400"}, {"f": "1_0.5"}])
+def test_numbers_are_ascii_and_finite(assign):
+    with pytest.raises(OptionError, match="expected"):
+        build_options("m", _Numbers, assign)
+
+
+def test_plain_numbers_still_parse():
+    assert build_options("m", _Numbers, {"n": "-3", "f": ".5"}) == _Numbers(n=-3, f=0.5)
+    assert build_options("m", _Numbers, {"f": "1e-3"}).f == 1e-3
+
+
+def test_a_repeated_option_is_refused_not_silently_overwritten():
+    with pytest.raises(OptionError, match=r"--opt lowrank.rank: given twice \('4' and '8'\)"):
+        parse_assignments(["lowrank.rank=4", "lowrank.rank=8"], "--opt")
+
+
+def test_lowrank_reduction_inf_is_refused():
+    from optc.plugins.lowrank import LowRankOptions
+
+    with pytest.raises(OptionError, match="reduction='inf'"):
+        build_options("lowrank", LowRankOptions, {"reduction": "inf"})

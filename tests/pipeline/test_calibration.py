@@ -44,7 +44,7 @@ def test_missing_and_non_npz_files(tmp_path):
         load_samples(tmp_path / "nope.npz", EXAMPLE, "--eval")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(InputError, match="not a .npy/.npz array file"):
+    with pytest.raises(InputError, match="not a numpy file"):
         load_samples(junk, EXAMPLE, "--eval")
 
 
@@ -89,3 +89,67 @@ def test_cross_statistics_see_the_changed_weights():
     h = np.maximum(p.params["0.bias"], 0).astype(np.float64)
     assert np.allclose(gcc, np.outer(h, h), atol=1e-5)
     assert not np.allclose(goc, cal.gram("2.weight"))
+
+
+# --------------------------------------------------------------------------- damaged and hostile sample files
+
+
+def _good_npz(tmp_path) -> Path:
+    path = tmp_path / "good.npz"
+    np.savez(path, x=np.ones((5, 8, 8), np.float32), y=np.arange(5))
+    return path
+
+
+def _corrupt(tmp_path, how: str) -> Path:
+    data = _good_npz(tmp_path).read_bytes()
+    path = tmp_path / f"{how}.npz"
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "bad-crc":  # flip one byte of x's array data, inside the stored zip member
+        i = data.index(b"\x00\x00\x80\x3f")  # the bytes of 1.0f
+        path.write_bytes(data[:i] + b"\x00\x00\x80\x40" + data[i + 4:])
+    elif how == "object":
+        np.savez(path, x=np.array([{"a": 1}] * 5, dtype=object), y=np.arange(5))
+    elif how == "text":
+        path.write_text("x,y\n1,2\n")
+    elif how == "strings":
+        np.savez(path, x=np.array(["a"] * 5))
+    return path
+
+
+@pytest.mark.parametrize("how, fragment", [
+    ("truncated", "damaged or truncated"),
+    ("bad-crc", "damaged or truncated"),
+    ("object", "holds Python objects"),
+    ("text", "not a numpy file"),
+    ("strings", "expected numbers"),
+])
+def test_damaged_sample_files_are_one_input_error(tmp_path, how, fragment):
+    with pytest.raises(InputError) as e:
+        load_samples(_corrupt(tmp_path, how), EXAMPLE, "--calib")
+    assert fragment in str(e.value) and str(e.value).startswith("--calib ") and "\n" not in str(e.value)
+    assert "allow_pickle" not in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_refused_naming_the_first(tmp_path, bad):
+    x = np.ones((5, 8, 8), np.float32)
+    x[3, 2, 1] = bad
+    with pytest.raises(InputError, match=r"--eval .*data.npz: x holds NaN or Inf \(first in sample 3,"):
+        load_samples(samples_file(tmp_path, x=x, y=np.zeros(5, np.int64)), EXAMPLE, "--eval", True)
+
+
+def test_negative_labels_are_refused(tmp_path):
+    with pytest.raises(InputError, match=r"y holds a negative label \(-2, first in sample 1\)"):
+        load_samples(samples_file(tmp_path, x=np.ones((3, 8, 8), np.float32), y=np.array([0, -2, 1])), EXAMPLE, "--eval", True)
+
+
+def test_labels_beyond_the_model_classes_are_refused():
+    s = Samples(Path("e.npz"), [np.eye(3, dtype=np.float32)], np.array([0, 1, 3]))
+    with pytest.raises(InputError, match=r"--eval e.npz: y holds label 3 \(sample 2\) but the model scores 3 classes"):
+        top1(lambda xs: xs[0], s, 3)
+
+
+def test_unknown_arrays_in_a_sample_file_are_refused(tmp_path):
+    with pytest.raises(InputError, match="unknown array"):
+        load_samples(samples_file(tmp_path, x=np.ones((3, 8, 8), np.float32), labels=np.zeros(3)), EXAMPLE, "--calib")

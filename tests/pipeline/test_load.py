@@ -47,6 +47,12 @@ def test_parse_input_shape_good(spec, expected):
         ("1.5x2", "expected dimensions like"),
         ("2x2:complex", "dtype must be one of"),
         ("2x2:float64", "dtype must be one of"),
+        ("99999999999x99999999999x3", "too large"),
+        ("65536x65536", "too large"),
+        ("１６x2", "expected dimensions like"),
+        ("1_6x2", "expected dimensions like"),
+        (" 16x2", "expected dimensions like"),
+        ("1" * 5000, "expected dimensions like"),
     ],
 )
 def test_parse_input_shape_bad(spec, fragment):
@@ -227,3 +233,15 @@ def test_factory_with_missing_attribute(tmp_path, monkeypatch):
 def test_factory_module_that_does_not_import():
     with pytest.raises(LoadError, match="cannot import 'no_such_pkg_optc'"):
         load_model("no_such_pkg_optc:net")
+
+
+def test_factory_that_raises_is_one_load_error():
+    with pytest.raises(LoadError, match=r"tests.e2e.probe_models:raises raised RuntimeError: the factory itself fails"):
+        load_model("tests.e2e.probe_models:raises")
+
+
+def test_factory_module_that_raises_on_import(tmp_path, monkeypatch):
+    (tmp_path / "explodes_on_import.py").write_text("raise ValueError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(LoadError, match="importing 'explodes_on_import'.*raised ValueError: boom at import"):
+        load_model("explodes_on_import:net")

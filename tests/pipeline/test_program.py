@@ -105,3 +105,13 @@ def test_every_conv_kind_has_a_matrix_view_that_round_trips():
         m = layer.matrix()
         assert m.shape == layer.shape
         np.testing.assert_array_equal(layer.from_matrix(m), p.params[layer.name])
+def test_clone_parses_every_dialect_torch_mlir_emits():
+    """torch.sort lowers to tm_tensor.sort, which a bare ir.Context() does not know."""
+    from optc.load import load_model
+    from optc.lower import lower
+
+    program = lower(load_model("tests.e2e.probe_models:sort"))
+    assert "tm_tensor.sort" in program.to_text()
+    copy = program.clone()
+    assert "tm_tensor.sort" in copy.to_text() and copy.context is not program.context
+    copy.verify()

@@ -1,0 +1,119 @@
+"""Tiny models that probe optc's edges (issue 8): each factory returns
+``(module, example_inputs)`` for ``optc compile tests.e2e.probe_models:NAME``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Embed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embed(tokens))
+
+
+def embedding() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """nn.Embedding(50, 8): token ids must be in [0, 50)."""
+    torch.manual_seed(0)
+    return _Embed().eval(), (torch.tensor([[1, 7, 49, 0]]),)
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + 3 * bias
+
+
+def two_inputs() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """Two inputs of the same shape: swapping them changes the result."""
+    torch.manual_seed(0)
+    return _TwoInputs().eval(), (torch.randn(2, 4), torch.randn(2, 4))
+
+
+class _DictOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.fc(x)
+        return {"b": y, "a": 2 * y + 1}  # insertion order is not sorted order
+
+
+def dict_outputs() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    return _DictOut().eval(), (torch.randn(2, 4),)
+
+
+class _SoftmaxPair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.fc(x)
+        return y, torch.softmax(y, -1)
+
+
+def softmax_pair() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """Returns a tensor and its softmax (failed with the cpu target's fast flags)."""
+    torch.manual_seed(0)
+    return _SoftmaxPair().eval(), (torch.randn(4, 16),)
+
+
+class _Sort(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sort(self.fc(x), dim=-1).values
+
+
+def sort() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """torch.sort lowers to the tm_tensor dialect."""
+    torch.manual_seed(0)
+    return _Sort().eval(), (torch.randn(2, 8),)
+
+
+class _NoWeights(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) * 2
+
+
+def no_weights() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    return _NoWeights().eval(), (torch.randn(2, 4),)
+
+
+def raises() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    raise RuntimeError("the factory itself fails")
+
+
+class _Nonzero(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nonzero(x > 0).float().sum(0)
+
+
+def nonzero() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """torch.nonzero: a data-dependent output shape."""
+    torch.manual_seed(0)
+    return _Nonzero().eval(), (torch.randn(2, 8),)
+
+
+class _Branch(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # data-dependent control flow: torch.export cannot trace it
+            return x * 2
+        return x
+
+
+def branch() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    return _Branch().eval(), (torch.randn(2, 4),)
