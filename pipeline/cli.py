@@ -308,6 +308,8 @@ def _print_summary(report: dict) -> None:
         click.echo(f"method     {m['name']}: {done} layer(s) changed, {len(m['changes']) - done} skipped{why}")
     if not report["methods"]:
         click.echo(f"method     none: the dense model ({t['params_before']:,} params, {_megabytes(t['param_bytes_before'])} of weights)")
+        if t["flop_reduction"] is None:
+            click.echo("FLOPs(MAC) 0: the model has no contractions")
     else:
         click.echo(f"params     {t['params_before']:,} -> {t['params_after']:,}; weights {_megabytes(t['param_bytes_before'])} (dense) -> {_megabytes(t['param_bytes_after'])}")
         if t["flop_reduction"] is None:

@@ -127,7 +127,7 @@ def test_a_layer_the_user_named_that_does_not_fit_is_an_error():
 @pytest.mark.parametrize("override, fragment", [
     ("fc", "expected PATTERN:KEY=V"),
     ("fc:size=2", "unknown key 'size'; allowed: factor"),
-    ("fc:factor=x", "expected float"),
+    ("fc:factor=x", "expected a finite float"),
     ("fc:factor=-1", "override fc: factor=-1.0: must be > 0"),
 ])
 def test_bad_overrides_name_the_problem(override, fragment):
