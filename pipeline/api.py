@@ -302,6 +302,7 @@ class Artifact:
     vmfb: bytes
     options: Any
     compile_seconds: float
+    extra_report: dict[str, Any] = field(default_factory=dict)  # sections the target adds to the compile report (sim: "simulation")
 
 
 class Session:

@@ -243,6 +243,12 @@ def _print_summary(report: dict) -> None:
         f"verified   {checked} vs compressed reference: max rel err {v['compile_error']['max_rel']:.2e} "
         f"(tolerance {v['tolerance']:g}); compression vs original: {v['compression_error']['max_rel']:.2e}"
     )
+    if "simulation" in report:
+        sim, arr = report["simulation"]["totals"], report["simulation"]["array"]
+        click.echo(
+            f"simulated  {sim['cycles']:,} cycles ({1e3 * sim['seconds']:.3f} ms at {arr['clock_mhz']:g} MHz) on "
+            f"{arr['accelerators']} × {arr['rows']}×{arr['cols']} {arr['dataflow']} array(s), {len(report['simulation']['layers'])} contractions"
+        )
     if "accuracy" in report:
         a = report["accuracy"]
         click.echo(
