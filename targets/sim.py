@@ -255,6 +255,7 @@ class Simulator:
         plans = [(g, *_slice(g, self.array, self.sample_cycles)) for g in todo]
         for (g, sliced, ratio), row in zip(plans, _scalesim([s for _, s, _ in plans], self.array)):
             counts = {key: round(row[key] * ratio) for key in _COUNTS}
+            counts["cycles"] = round((row["cycles"] + 1) * ratio) - 1  # SCALE-Sim counts from cycle 0: scale the length
             counts["utilization"] = row["utilization"]
             counts["mapping_efficiency"] = row["mapping_efficiency"]
             if ratio != 1.0:
