@@ -172,7 +172,7 @@ class Partition(LayerMethod):
         compact = rw.constant("partition", s.compact(plan.matrix).astype(np.float32))
         cols = rw.constant("partition_cols", s.cols.reshape(-1).astype(np.int32))
         # output o sits at position inverse[o] of the partitions' outputs laid side by side
-        inverse = rw.constant("partition_rows", np.argsort(s.rows.reshape(-1)).astype(np.int32))
+        inverse = rw.constant("partition_out_positions", np.argsort(s.rows.reshape(-1)).astype(np.int32))
         rw.each_use(lambda w, build: _rewrite(build, w, s, compact, cols, inverse))
         rw.publish(s, plan.matrix, rw.program.trace_param(compact)[0], Layout(s.compact))
         return layer.from_matrix(s.apply(plan.matrix))
