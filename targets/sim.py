@@ -28,11 +28,12 @@ DRAM reads/writes in words; SCALE-Sim 3.0.0 reports no energy, so none is given.
 
 Simulation cost: SCALE-Sim walks every demand cycle in Python (~1 ms a cycle
 here; a 12544×64×147 GEMM on 32×32 took 136 s). A GEMM needing more than
-``sample_cycles`` cycles is simulated on a slice of whole array folds (the
-outer fold dimension first) and its counts scaled by folds / simulated folds.
-Cycles stay exact (every fold of a GEMM takes the same cycles: see
-:func:`systolic_cycles`); traffic is approximate for such layers, which the
-report marks (``sampled``). Identical GEMMs are simulated once.
+``sample_cycles`` cycles is simulated on a slice (whole array folds, the outer
+fold dimension first; when one fold alone is longer, fewer streamed operands)
+and its counts scaled by the ratio of the two GEMMs' cycles. Cycles stay exact
+(in this mode SCALE-Sim's cycles are :func:`systolic_cycles`, checked in the
+tests); traffic is approximate for such layers, which the report marks
+(``sampled``). Identical GEMMs are simulated once.
 
 Several accelerators (``accelerators`` = A, identical arrays) — a small model
 on top of SCALE-Sim's one array:
@@ -220,26 +221,29 @@ _COUNTS = ("cycles", "cycles_with_prefetch", "sram_ifmap_reads", "sram_filter_re
 
 
 def _slice(g: Gemm, array: Array, budget: int) -> tuple[Gemm, float]:
-    """A GEMM of whole folds of ``g`` needing about ``budget`` cycles at most (at
-    least one fold), and the factor that scales its counts back to ``g``."""
-    full = systolic_cycles(g, array.rows, array.cols, array.dataflow) + 1
+    """A GEMM of whole folds of ``g`` needing about ``budget`` cycles at most (the
+    outer fold dim, columns, cut first, then rows; when one fold alone is longer,
+    its streamed dim T too), and the factor that scales its counts back to ``g``:
+    the ratio of their cycles, exact for cycles (:func:`systolic_cycles`)."""
+    rows, cols, df = array.rows, array.cols, array.dataflow
+    full = systolic_cycles(g, rows, cols, df) + 1
     if budget == 0 or full <= budget:
         return g, 1.0
-    sr, sc, _ = fold_dims(g, array.dataflow)
-    fr, fc = math.ceil(sr / array.rows), math.ceil(sc / array.cols)
+    sr, sc, t = fold_dims(g, df)
+    fr, fc = math.ceil(sr / rows), math.ceil(sc / cols)
     keep = max(1, budget * fr * fc // full)  # folds to simulate
     kc = min(fc, keep)
     kr = min(fr, max(1, keep // kc))
-    ratio = (fr * fc) / (kr * kc)
-    # the outer fold dim (columns) is cut first, then the rows
-    cut_c = min(sc, kc * array.cols)
-    cut_r = min(sr, kr * array.rows)
-    ratio_k = g.nm[1] / g.nm[0]
-    if array.dataflow == "os":
-        return replace(g, m=cut_r, n=cut_c), ratio
-    if array.dataflow == "ws":
-        return replace(g, k=min(g.k, math.ceil(cut_r * ratio_k)), n=cut_c), ratio
-    return replace(g, k=min(g.k, math.ceil(cut_r * ratio_k)), m=cut_c), ratio
+    cut_r, cut_c = min(sr, kr * rows), min(sc, kc * cols)
+    cut_t = min(t, max(1, budget - (full // (fr * fc) - t)))  # a fold is T + fill/drain cycles
+    n, m = g.nm
+    as_k = lambda v: min(g.k, m * math.ceil(v / n))  # a condensed K back to whole N:M groups  # noqa: E731
+    sliced = {
+        "os": lambda: replace(g, m=cut_r, n=cut_c, k=as_k(cut_t)),
+        "ws": lambda: replace(g, k=as_k(cut_r), n=cut_c, m=cut_t),
+        "is": lambda: replace(g, k=as_k(cut_r), m=cut_c, n=cut_t),
+    }[df]()
+    return sliced, full / (systolic_cycles(sliced, rows, cols, df) + 1)
 
 
 class Simulator:

@@ -64,6 +64,14 @@ def test_a_sampled_gemm_keeps_exact_cycles():
     assert r["cycles"] == systolic_cycles(g, 32, 32, "os") == 28 * 126 - 1
 
 
+def test_a_gemm_whose_one_fold_is_too_long_is_sampled_along_its_stream():
+    array = Array(32, 32, 64, 64, 64, "ws", 500.0, False)
+    g = Gemm(5000, 32, 32)  # ws: one fold streaming all 5000 rows of the input, 5094 cycles
+    r = Simulator(array, sample_cycles=500).run([g])[g]
+    assert r["sampled"]["simulated_gemm"] == [406, 32, 32]  # 406 + 94 = the 500-cycle budget
+    assert r["cycles"] == systolic_cycles(g, 32, 32, "ws") == 5000 + 94 - 1
+
+
 def test_interconnect_matches_a_hand_calculation():
     # 3 senders × 256 words of 1 byte at 16 GB/s = 48 ns, + 1 µs latency = 1.048 µs = 524 cycles at 500 MHz
     assert interconnect_cycles(256, 3, 16.0, 1.0, 500.0) == 524
