@@ -146,3 +146,19 @@ def test_bad_sim_option_on_the_cli_is_one_line_and_no_file(tmp_path):
     proc = optc_cli("compile", "--target", "sim", "--target-opt", "sim.cols=0", "examples.models:mlp", "-o", str(out))
     assert proc.returncode == 2 and not out.exists()
     assert proc.stderr.strip().splitlines() == ["optc: error: sim: cols=0: must be > 0"]
+
+
+def test_factor_chains_and_compact_blocks_are_simulated_with_their_own_shapes():
+    from optc.plugins.bcr import Bcr
+    from optc.plugins.lowrank import LowRank
+
+    _, p = lowered("mlp")  # 4×256 · 256→512→256→10
+    LowRank().apply(p, build_options("lowrank", LowRank.Options, {"rank": "32", "layers": "0.weight"}), MethodContext())
+    Bcr().apply(p, build_options("bcr", Bcr.Options, {"block": "128", "col_keep": "0.25", "row_keep": "0.5", "layers": "2.weight"}), MethodContext())
+    shapes = [(g.op, g.layer, g.batch, g.gemm.m, g.gemm.n, g.gemm.k) for g in program_gemms(p)]
+    assert shapes == [
+        ("linalg.matmul", "0.weight", 1, 4, 32, 256),  # x·A
+        ("linalg.matmul", "0.weight", 1, 4, 512, 32),  # (x·A)·B
+        ("linalg.batch_matmul", "2.weight", 2, 4, 64, 128),  # 2 blocks × 128 kept cols × 64 kept rows
+        ("linalg.matmul", "4.weight", 1, 4, 10, 256),
+    ]
