@@ -162,3 +162,17 @@ def test_factor_chains_and_compact_blocks_are_simulated_with_their_own_shapes():
         ("linalg.batch_matmul", "2.weight", 2, 4, 64, 128),  # 2 blocks × 128 kept cols × 64 kept rows
         ("linalg.matmul", "4.weight", 1, 4, 10, 256),
     ]
+
+
+def test_admm_nm_masks_reach_the_simulator_as_their_ratio():
+    from optc.plugins.admm import Admm
+    from optc.testing import run_method
+
+    run = run_method(Admm(), {"prune": "nm", "n": 2, "m": 4, "iterations": 3, "sequential": "false"}, "mlp")  # 64 -> 128 -> 32 -> 10
+    assert [g.gemm.nm for g in program_gemms(run.program)] == [(2, 4)] * 3
+    rows = simulate(run.program, sim_options(sample_cycles=0))["layers"]
+    dense = simulate(run.original, sim_options(sample_cycles=0))["layers"]
+    assert [r["nm"] for r in rows] == ["2:4"] * 3
+    # ws on 32 rows: K 64 and 128 need half the row folds at 2:4; K=32 fits one fold either way
+    assert [d["cycles"] / s["cycles"] > 1.8 for s, d in zip(rows, dense)] == [True, True, False]
+    assert simulate(run.program, sim_options(sparsity="false", sample_cycles=0))["layers"][0]["cycles"] == dense[0]["cycles"]
