@@ -305,6 +305,7 @@ class Artifact:
     options: Any
     compile_seconds: float
     flags_used: str | None = None  # which flag set built it, when a target falls back (cpu: "fast", "safe (…)")
+    extra_report: dict[str, Any] = field(default_factory=dict)  # sections the target adds to the compile report (sim: "simulation")
 
 
 class Session:

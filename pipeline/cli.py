@@ -325,6 +325,12 @@ def _print_summary(report: dict) -> None:
     )
     if not_run:
         click.echo(f"           {not_run}")
+    if "simulation" in report:
+        sim, arr = report["simulation"]["totals"], report["simulation"]["array"]
+        click.echo(
+            f"simulated  {sim['cycles']:,} cycles ({1e3 * sim['seconds']:.3f} ms at {arr['clock_mhz']:g} MHz) on "
+            f"{arr['accelerators']} × {arr['rows']}×{arr['cols']} {arr['dataflow']} array(s), {len(report['simulation']['layers'])} contractions"
+        )
     if "accuracy" in report:
         a = report["accuracy"]
         click.echo(

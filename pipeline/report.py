@@ -23,6 +23,8 @@ Top-level keys of a compile report:
   calibration   {"path", "samples"}                       (with --calib)
   accuracy      {"path", "samples", "original", "compressed_reference", "artifact"}
                 top-1 in [0, 1] on --eval data            (with --eval)
+  simulation    {"simulator", "array", "layers": [{"op", "layer", "batch", "gemm", "nm", "cycles", …}],
+                 "totals": {"cycles", "seconds", …}}      (--target sim: targets/sim.py)
 FLOPs are counted as multiply-accumulates (MACs).
 """
 
@@ -115,6 +117,7 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
         "inputs": input_signature(c.program.example_inputs, input_index_ranges(c.original)),
         **({"calibration": c.calibration} if c.calibration else {}),
         **({"accuracy": c.accuracy} if c.accuracy else {}),
+        **c.artifact.extra_report,
     }
 
 
