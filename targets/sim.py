@@ -451,7 +451,7 @@ class SimTarget(Target):
         cpu, cpu_options = self._cpu()
         built = cpu.compile(program, cpu_options)
         return Artifact(target=self.name, vmfb=built.vmfb, options=options, compile_seconds=built.compile_seconds,
-                        extra_report={"simulation": simulate(program, options)})
+                        flags_used=built.flags_used, extra_report={"simulation": simulate(program, options)})
 
     def open(self, artifact_vmfb: bytes, options: Any) -> Session:
         cpu, cpu_options = self._cpu()
