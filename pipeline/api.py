@@ -7,12 +7,13 @@ its metadata and a default, and the CLI sets fields with ``--opt NAME.FIELD=VALU
 from __future__ import annotations
 
 import dataclasses
+import enum
 import fnmatch
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from optc.errors import OptionError, UnknownNameError
 
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
     import numpy as np
 
     from optc.calibration import Calibration
-    from optc.program import Program
+    from optc.program import Layer, LayerRewriter, Program
+    from optc.storage import Layout
+    from optc.structures import Structure
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -35,13 +38,61 @@ class NoOptions:
     """A method or target without options."""
 
 
+class Status(enum.StrEnum):
+    """Whether a method changed a layer."""
+
+    CHANGED = "changed"
+    SKIPPED = "skipped"
+
+
+class SkipReason(enum.Enum):
+    """Why a method left a layer as it was (``Skip.reason``; the report's ``reason``)."""
+
+    NOT_SELECTED = "not selected by the method's layers/skip options"
+    ALREADY_REWRITTEN = "already rewritten by an earlier method"
+    NO_MATRIX_VIEW = "its weight has no out×in matrix view"
+    MIXED_VIEWS = "its uses read the weight through different views"
+    UNSUPPORTED = "an op kind the method does not rewrite"
+    DOES_NOT_FIT = "the method's settings do not fit the layer's shape"
+    NOT_PROFITABLE = "the rewrite would not make it cheaper"
+    NOTHING_TO_DO = "nothing to change"
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A layer a method leaves alone: a typed ``reason`` plus the specifics."""
+
+    reason: SkipReason
+    detail: str = ""
+    details: dict[str, Any] = field(default_factory=dict, compare=False)  # for the report
+
+    def __str__(self) -> str:
+        return self.detail or self.reason.value
+
+
 @dataclass
 class LayerChange:
-    """What a method did to one layer (a weight parameter, by its FQN)."""
+    """What a method did to one layer (a weight parameter, by its FQN): ``status``
+    says whether it changed, ``reason`` why not; ``action`` is the line for people."""
 
     layer: str
-    action: str  # e.g. "factorized rank 16", "skipped: would not reduce FLOPs"
+    action: str  # e.g. "factorized rank 16", "skipped: rank 8 would not reduce FLOPs"
     details: dict[str, Any] = field(default_factory=dict)
+    status: Status = Status.CHANGED
+    reason: SkipReason | None = None
+
+    @classmethod
+    def skipped(cls, layer: str, skip: Skip) -> "LayerChange":
+        return cls(layer, f"skipped: {skip}", dict(skip.details), Status.SKIPPED, skip.reason)
+
+    @property
+    def changed(self) -> bool:
+        return self.status == Status.CHANGED
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report's form: status "changed"/"skipped", reason e.g. "does_not_fit" or None."""
+        reason = self.reason.name.lower() if self.reason is not None else None
+        return {"layer": self.layer, "action": self.action, "status": str(self.status), "reason": reason, "details": self.details}
 
 
 @dataclass
@@ -63,36 +114,41 @@ class MethodResult:
     reference_weights: dict[str, "np.ndarray"] = field(default_factory=dict)
 
 
+def _quiet(message: str) -> None:
+    pass
+
+
 @dataclass
 class MethodContext:
     """What the pipeline hands every method besides the program."""
 
     calibration: "Calibration | None" = None  # from --calib: per-layer input statistics
     dump_dir: Path | None = None
+    progress: Callable[[str], None] = _quiet  # one short line per step (a terminal shows the latest)
 
 
-class LayerStructure(Protocol):
-    """The sparsity a method imposed on one layer, published in
+@dataclass
+class LayerStructure:
+    """The structure a method imposed on one layer, published in
     ``Program.structures[layer]`` so a later method (admm) can re-solve the
-    weights inside it. Matrices are out×in (``WeightedOp.matrix``)."""
+    weights inside it: the shared :mod:`optc.structures` object, the dense
+    out×in weights it was chosen on, and where the program stores the weights
+    in that structure's layout (``param``, laid out by ``layout``)."""
 
     method: str
-    matrix: "np.ndarray"  # the dense out×in weights the structure was chosen on
-
-    def to_param(self, matrix: "np.ndarray") -> "np.ndarray":
-        """An out×in matrix in the original parameter's layout (for reference weights)."""
+    structure: "Structure"
+    matrix: "np.ndarray"
+    param: str
+    layout: "Layout"
+    to_param: Callable[["np.ndarray"], "np.ndarray"]  # out×in -> the original parameter's layout
 
     def mask(self) -> "np.ndarray":
-        """Boolean out×in: which weights the structure keeps."""
-
-    def store(self, program: "Program", matrix: "np.ndarray", quantized: Any = None) -> str:
-        """Write new weights (zero outside the mask) into the rewritten program;
-        ``quantized`` (an ``optc.quant.Quantized`` of ``matrix``) stores them
-        narrow. Returns how they are stored (e.g. "float32", "int8")."""
+        return self.structure.mask()
 
 
 class Method:
-    """A compression method: a rewrite of the program's linalg ops and parameters."""
+    """A compression method: a rewrite of the program's linalg ops and parameters.
+    Most methods rewrite layer by layer: derive from :class:`optc.driver.LayerMethod`."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
@@ -101,6 +157,141 @@ class Method:
 
     def apply(self, program: "Program", options: Any, ctx: MethodContext) -> MethodResult:
         raise NotImplementedError
+
+
+class Plan:
+    """What a method will do to one layer. ``action`` (one line) and ``details``
+    go into the report; every other keyword is kept as an attribute for ``rewrite``."""
+
+    def __init__(self, action: str, details: dict[str, Any] | None = None, **data: Any):
+        self.action = action
+        self.details = dict(details or {})
+        self.__dict__.update(data)
+
+
+@dataclass
+class SelectionOptions:
+    """The options every per-layer method shares: which layers, and per-layer
+    settings. A method's ``Options`` derives from it and lists the fields a
+    user may set per layer in ``OVERRIDABLE``; its ``validate`` calls
+    ``super().validate()``."""
+
+    OVERRIDABLE: ClassVar[tuple[str, ...]] = ()
+
+    layers: tuple[str, ...] = option((), "only these layers (comma-separated fnmatch patterns on parameter names); empty = all")
+    skip: tuple[str, ...] = option((), "never these layers (comma-separated fnmatch patterns)")
+    override: tuple[str, ...] = option((), "per-layer settings PATTERN:KEY=V[:KEY=V], later entries win")
+
+    def validate(self) -> None:
+        self.overrides()
+
+    def selects(self, layer: str) -> bool:
+        return layer_selected(layer, self.layers, self.skip)
+
+    def names(self, layer: str) -> bool:
+        """Whether the user named ``layer`` explicitly (a ``layers`` or ``override`` pattern matches it)."""
+        return any(fnmatch.fnmatchcase(layer, p) for p in (*self.layers, *(p for p, _ in self.overrides())))
+
+    def overrides(self) -> list[tuple[str, dict[str, Any]]]:
+        """The parsed ``override`` entries, in order (later entries win); each one's
+        settings are validated as the method's options."""
+        hints = typing.get_type_hints(type(self))
+        parsed = []
+        for entry in self.override:
+            pattern, *pairs = entry.split(":")
+            if not pattern or not pairs:
+                raise ValueError(f"override={entry!r}: expected PATTERN:KEY=V[:KEY=V], e.g. {pattern or 'fc2.weight'}:{(self.OVERRIDABLE or ('KEY',))[0]}=V")
+            values: dict[str, Any] = {}
+            for pair in pairs:
+                key, _, raw = pair.partition("=")
+                if key not in self.OVERRIDABLE:
+                    raise ValueError(f"override={entry!r}: unknown key {key!r}; allowed: {', '.join(self.OVERRIDABLE) or '(none)'}")
+                try:
+                    values[key] = _convert("override", key, hints[key], raw)
+                except OptionError as e:
+                    raise ValueError(f"override={entry!r}: {e}") from None
+            try:
+                dataclasses.replace(self, override=(), **values).validate()
+            except ValueError as e:
+                raise ValueError(f"override {pattern}: {e}") from None
+            parsed.append((pattern, values))
+        return parsed
+
+    def for_layer(self, layer: str) -> Any:
+        """These options with ``layer``'s overrides applied."""
+        values: dict[str, Any] = {}
+        for pattern, override in self.overrides():
+            if fnmatch.fnmatchcase(layer, pattern):
+                values.update(override)
+        return dataclasses.replace(self, **values) if values else self
+
+
+class LayerMethod(Method):
+    """A method that rewrites layer by layer; the driver in :meth:`apply` does the rest.
+
+    For every layer (``Program.layers``, in program order) the driver records
+    one :class:`LayerChange`: layers the ``layers``/``skip`` options exclude,
+    layers ``admissible`` refuses and layers ``plan`` answers with a
+    :class:`Skip` are reported skipped with their reason; the others are
+    rewritten by ``rewrite``, which returns the layer's effective weight (in
+    the parameter's layout) for the compressed reference. A ``Skip`` with
+    reason DOES_NOT_FIT is an error instead when the user named the layer
+    (``layers``/``override``). Plans are made for all layers first (progress
+    is reported per layer), then rewritten; a method that plans across layers
+    overrides ``plan_layers``.
+    """
+
+    Options: ClassVar[type] = SelectionOptions
+    needs_matrix: ClassVar[bool] = True  # only layers with an out×in matrix view (``Layer.matrix``)
+
+    def start(self, program: "Program", options: Any, ctx: MethodContext) -> None:
+        """Checks and setup before any layer (raise ``OptionError`` for bad combinations)."""
+
+    def admissible(self, layer: "Layer") -> Skip | None:
+        """Why this method cannot rewrite ``layer`` at all, or None."""
+        if self.needs_matrix:
+            return layer.problem
+        return Skip(SkipReason.ALREADY_REWRITTEN) if layer.rewritten else None
+
+    def plan(self, layer: "Layer", options: Any, ctx: MethodContext) -> Plan | Skip:
+        raise NotImplementedError
+
+    def plan_layers(self, layers: list["Layer"], options: Any, ctx: MethodContext) -> list[Plan | Skip]:
+        """A plan per layer (``options.for_layer`` applied); progress per layer."""
+        plans = []
+        for i, layer in enumerate(layers):
+            ctx.progress(f"{self.name}: layer {i + 1}/{len(layers)} {layer.name}")
+            plans.append(self.plan(layer, options.for_layer(layer.name), ctx))
+        return plans
+
+    def rewrite(self, layer: "Layer", plan: Plan, rewriter: "LayerRewriter") -> "np.ndarray":
+        raise NotImplementedError
+
+    def apply(self, program: "Program", options: Any, ctx: MethodContext) -> MethodResult:
+        self.start(program, options, ctx)
+        result = MethodResult(self.name)
+        verdicts: dict[str, LayerChange | None] = {}
+        candidates = []
+        all_layers = program.layers()
+        for layer in all_layers:
+            refusal = Skip(SkipReason.NOT_SELECTED) if not options.selects(layer.name) else self.admissible(layer)
+            verdicts[layer.name] = LayerChange.skipped(layer.name, refusal) if refusal else None
+            if refusal is None:
+                candidates.append(layer)
+        for layer, plan in zip(candidates, self.plan_layers(candidates, options, ctx)):
+            if isinstance(plan, Skip):
+                if plan.reason is SkipReason.DOES_NOT_FIT and options.names(layer.name):
+                    raise OptionError(f"{self.name}: {plan.detail}")
+                verdicts[layer.name] = LayerChange.skipped(layer.name, plan)
+                continue
+            from optc.program import LayerRewriter
+
+            rewriter = LayerRewriter(program, layer, self.name)
+            result.reference_weights[layer.name] = self.rewrite(layer, plan, rewriter)
+            rewriter.publish_structure()
+            verdicts[layer.name] = LayerChange(layer.name, plan.action, plan.details)
+        result.changes = [c for c in verdicts.values() if c is not None]
+        return result
 
 
 @dataclass
@@ -136,6 +327,11 @@ class Target:
         device (a mobile-GPU profile does not run on a desktop or CPU Vulkan driver)."""
         return True, ""
 
+    def supports(self, program: "Program", options: Any) -> tuple[bool, str]:
+        """(True, "") when ``program`` compiles correctly with ``options``, else
+        (False, what capability is missing) — checked before compiling."""
+        return True, ""
+
     def portable_options(self, options: Any) -> Any:
         """Options for an artifact of the same program that runs here, used to verify
         the numbers when ``runs_here(options)`` is false."""
@@ -165,10 +361,15 @@ def option_fields(options_cls: type) -> list[dataclasses.Field]:
 def describe_options(options_cls: type) -> list[tuple[str, str, Any, str]]:
     """(name, type, default, help) for each field, for listings and docs."""
     hints = typing.get_type_hints(options_cls)
-    return [
-        (f.name, _type_name(hints[f.name]), f.default, f.metadata.get("help", ""))
-        for f in option_fields(options_cls)
-    ]
+    shared = {f.name for f in dataclasses.fields(SelectionOptions)}
+    fields = sorted(option_fields(options_cls), key=lambda f: f.name in shared)  # the method's own first
+    keys = getattr(options_cls, "OVERRIDABLE", ())
+
+    def help_of(f: dataclasses.Field) -> str:
+        text = f.metadata.get("help", "")
+        return f"{text}; KEY in {'|'.join(keys) or '(none)'}" if f.name == "override" else text
+
+    return [(f.name, _type_name(hints[f.name]), f.default, help_of(f)) for f in fields]
 
 
 def _type_name(tp: Any) -> str:

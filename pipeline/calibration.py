@@ -200,7 +200,7 @@ def _probe_program(program: Program, weights: dict[str, np.ndarray]) -> tuple[Pr
     probes, extra = [], []
     batch = program.example_inputs[0].shape[0]
     for w in probe.weighted_ops():
-        if w.matrix_form() is not None:
+        if w.matrix_form() is not None or w.groups != 1:  # statistics are per dense layer
             continue
         conv = _conv_geometry(w) if w.kind == "conv2d" else None
         per_sample = (np.prod(w.output_shape[2:]) if conv else np.prod(w.input_shape[:-1])) // batch

@@ -51,6 +51,12 @@ def calib_option(f):
     return click.option("--calib", type=click.Path(dir_okay=False, path_type=Path), metavar="DATA.npz", help="calibration samples for data-driven methods (admm; activation-aware bcr): x = inputs, batch first")(f)
 
 
+def _set_quiet(ctx: click.Context, param: click.Parameter, quiet: bool) -> None:
+    from optc.driver import set_quiet
+
+    set_quiet(quiet)
+
+
 def selection_options(f):
     """--plugins/--opt/--target/--target-opt, shared by compile and bench."""
     for decorator in reversed((
@@ -58,6 +64,7 @@ def selection_options(f):
         click.option("--opt", "opts", multiple=True, metavar="M.FIELD=V", help="set a method option, e.g. lowrank.rank=16 (repeatable)"),
         click.option("--target", default="cpu", show_default=True, help="compile target (see `optc targets`)"),
         click.option("--target-opt", "target_opts", multiple=True, metavar="T.FIELD=V", help="set a target option, e.g. vulkan.profile=valhall4"),
+        click.option("--quiet", is_flag=True, expose_value=False, callback=_set_quiet, help="no progress or log lines on stderr (progress shows only on a terminal anyway)"),
     )):
         f = decorator(f)
     return f
@@ -214,17 +221,26 @@ def report(report_json, output):
 
 
 def _print_summary(report: dict) -> None:
+    from collections import Counter
+
     t = report["totals"]
     v = report["verification"]
     click.echo(f"artifact   {report['artifact']['path']} ({report['artifact']['bytes']:,} bytes, target {report['target']['name']})")
     click.echo(f"report     {Path(report['artifact']['path']).with_suffix('.json')}")
     for m in report["methods"]:
-        done = [c for c in m["changes"] if not c["action"].startswith("skipped")]
-        click.echo(f"method     {m['name']}: {len(done)} layer(s) changed, {len(m['changes']) - len(done)} skipped")
-    click.echo(f"params     {t['params_before']:,} -> {t['params_after']:,}")
-    click.echo(f"FLOPs(MAC) {t['macs_before']:,} -> {t['macs_after']:,} ({t['flop_reduction']:.2f}x fewer)")
+        done = sum(c["status"] == "changed" for c in m["changes"])
+        reasons = Counter((c["reason"] or "other").replace("_", " ") for c in m["changes"] if c["status"] != "changed")
+        why = f" ({', '.join(f'{n} {r}' for r, n in reasons.items())})" if reasons else ""
+        click.echo(f"method     {m['name']}: {done} layer(s) changed, {len(m['changes']) - done} skipped{why}")
+    if not report["methods"]:
+        click.echo(f"method     none: the dense model ({t['params_before']:,} params, {_megabytes(t['param_bytes_before'])} of weights)")
+    else:
+        click.echo(f"params     {t['params_before']:,} -> {t['params_after']:,}; weights {_megabytes(t['param_bytes_before'])} (dense) -> {_megabytes(t['param_bytes_after'])}")
+        fewer = f"{t['flop_reduction']:.2f}x fewer" if t["macs_after"] != t["macs_before"] else "unchanged"
+        click.echo(f"FLOPs(MAC) {t['macs_before']:,} -> {t['macs_after']:,} ({fewer})")
+    checked = "artifact" if v.get("verified_with", "the artifact itself") == "the artifact itself" else v["verified_with"]
     click.echo(
-        f"verified   artifact vs compressed reference: max rel err {v['compile_error']['max_rel']:.2e} "
+        f"verified   {checked} vs compressed reference: max rel err {v['compile_error']['max_rel']:.2e} "
         f"(tolerance {v['tolerance']:g}); compression vs original: {v['compression_error']['max_rel']:.2e}"
     )
     if "accuracy" in report:
@@ -233,6 +249,12 @@ def _print_summary(report: dict) -> None:
             f"top-1      original {100 * a['original']:.2f}%, compressed reference {100 * a['compressed_reference']:.2f}%, "
             f"artifact {100 * a['artifact']:.2f}% ({a['samples']} samples of {a['path']})"
         )
+
+
+def _megabytes(n: int) -> str:
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} MB"
+    return f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} bytes"
 
 
 @main.command()

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from optc.api import Artifact, Method, MethodContext, MethodResult, Target, build_options
-from optc.errors import MethodError, OptcError, TargetUnavailableError, UnknownNameError
+from optc.errors import CompileError, MethodError, OptcError, TargetUnavailableError, UnknownNameError
 from optc.registry import load_registry
 
 
@@ -105,8 +105,44 @@ def options_dict(options: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(options).items()}
 
 
+_quiet = False
+_live_line = False  # a progress line is showing on the terminal
+
+
+def set_quiet(quiet: bool) -> None:
+    """``--quiet``: no log lines and no progress."""
+    global _quiet
+    _quiet = quiet
+
+
 def log(msg: str) -> None:
-    print(f"optc: {msg}", file=sys.stderr, flush=True)
+    if not _quiet:
+        _end_progress()
+        print(f"optc: {msg}", file=sys.stderr, flush=True)
+
+
+def progress(msg: str) -> None:
+    """One step of a long stage, shown in place on a terminal; nothing when stderr
+    is not a terminal (logs, CI) or with ``--quiet``."""
+    global _live_line
+    if _quiet or not sys.stderr.isatty():
+        return
+    sys.stderr.write(f"\r\033[Koptc: {msg}")
+    sys.stderr.flush()
+    _live_line = True
+
+
+def _end_progress() -> None:
+    global _live_line
+    if _live_line:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+        _live_line = False
+
+
+def plain_options(target: str, options: Any) -> str:
+    """``vulkan.profile=default`` — options as a user would type them."""
+    return ", ".join(f"{target}.{k}={v}" for k, v in options_dict(options).items()) or f"{target} defaults"
 
 
 @dataclass
@@ -152,18 +188,23 @@ def compile_model(
     samples = load_samples(calib, examples, "--calib") if calib is not None else None
     evaluation = load_samples(eval_data, examples, "--eval", need_labels=True) if eval_data is not None else None
     program = original.clone()
-    ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir)
+    ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir, progress=progress)
     results = apply_methods(program, sel.methods, ctx, progress=log)
+    runnable, why = sel.target.runs_here(sel.target_options)
+    for options in [sel.target_options] + ([] if runnable else [sel.target.portable_options(sel.target_options)]):
+        ok, missing = sel.target.supports(program, options)
+        if not ok:
+            raise CompileError(f"cannot compile this program for {sel.target.name} ({plain_options(sel.target.name, options)}): {missing}")
     log(f"compiling for {sel.target.name}")
     artifact = sel.target.compile(program, sel.target_options)
-    runnable, why = sel.target.runs_here(sel.target_options)
     if runnable:
         checked, checked_options, verified_with = artifact, sel.target_options, "the artifact itself"
     else:
         checked_options = sel.target.portable_options(sel.target_options)
-        log(f"{why}; verifying a portable build ({options_dict(checked_options)}) of the same program instead")
+        built, portable = plain_options(sel.target.name, sel.target_options), plain_options(sel.target.name, checked_options)
+        log(f"the {built} artifact cannot run here ({why}); checking the numbers with a {portable} build of the same program instead")
         checked = sel.target.compile(program, checked_options)
-        verified_with = f"a portable build {options_dict(checked_options)} ({why})"
+        verified_with = f"a portable build ({portable}) of the same program; the {built} artifact itself was not run here: {why}"
     log("running it and PyTorch eager on the example inputs")
     session = sel.target.open(checked.vmfb, checked_options)
     outputs = session(*program.example_inputs)
@@ -194,12 +235,24 @@ def _accuracy(module: Any, reference: dict[str, np.ndarray], session: Any, sampl
 
     log(f"evaluating top-1 on {len(samples)} samples")
     compressed = with_weights(module, reference)
+    batches = -(-len(samples) // batch)
+
+    def counted(what: str, predict: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[[list[np.ndarray]], np.ndarray]:
+        done = [0]
+
+        def run(xs: list[np.ndarray]) -> np.ndarray:
+            done[0] += 1
+            progress(f"evaluating top-1 of the {what}: batch {done[0]}/{batches}")
+            return predict(xs)
+
+        return run
+
     return {
         "path": str(samples.path),
         "samples": len(samples),
-        "original": top1(lambda xs: eager_outputs(module, xs)[0], samples, batch),
-        "compressed_reference": top1(lambda xs: eager_outputs(compressed, xs)[0], samples, batch),
-        "artifact": top1(lambda xs: session(*xs)[0], samples, batch),
+        "original": top1(counted("original", lambda xs: eager_outputs(module, xs)[0]), samples, batch),
+        "compressed_reference": top1(counted("compressed reference", lambda xs: eager_outputs(compressed, xs)[0]), samples, batch),
+        "artifact": top1(counted("artifact", lambda xs: session(*xs)[0]), samples, batch),
     }
 
 

@@ -15,12 +15,17 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from math import prod
 from typing import Any, Callable, Iterator
 
 import numpy as np
 from torch_mlir import ir
-from torch_mlir.dialects import arith, linalg, tensor
+from torch_mlir.dialects import arith
+
+from optc import storage
+from optc.api import LayerStructure, Skip, SkipReason
+from optc.builder import Builder, as_value, shape_of  # noqa: F401  (as_value, shape_of: re-exported for targets)
 
 # Ops that read a weight and do the heavy work; value = how to find the reduction size.
 CONTRACTIONS: dict[str, Callable[[list[tuple[int, ...]]], int]] = {
@@ -34,7 +39,6 @@ CONTRACTIONS: dict[str, Callable[[list[tuple[int, ...]]], int]] = {
 }
 # Ops that only move or broadcast a weight on its way to a contraction.
 _VIEW_OPS = ("linalg.transpose", "tensor.expand_shape", "tensor.collapse_shape", "linalg.broadcast", "linalg.generic", "arith.extf")
-DEQUANT_TAG = "optc.dequantize"  # marks the generic that widens a narrow stored weight
 # Side-effect-free ops that may be erased once nothing uses them.
 _PURE_PREFIXES = ("arith.", "linalg.", "tensor.", "math.")
 
@@ -49,10 +53,6 @@ KIND_OF_OP = {
     "linalg.depthwise_conv_2d_nchw_chw": "depthwise_conv2d",
     "linalg.depthwise_conv_2d_nhwc_hwc": "depthwise_conv2d",
 }
-
-
-def shape_of(value: ir.Value) -> tuple[int, ...]:
-    return tuple(ir.RankedTensorType(value.type).shape)
 
 
 def op_macs(op: ir.Operation) -> int:
@@ -80,11 +80,11 @@ def _is_dim(expr: Any) -> bool:
 
 def _generic_view(op: ir.Operation) -> tuple[str, Any] | None:
     """A ``linalg.generic`` that only copies/broadcasts/permutes its single input,
-    or one that dequantizes a narrow stored weight (built by ``_Builder.dequantize``)."""
+    or one that dequantizes a narrow stored weight (``optc.storage.dequantize``)."""
     gen = op.opview
-    if DEQUANT_TAG in op.attributes:
-        bits, _, axis = ir.StringAttr(op.attributes[DEQUANT_TAG]).value.partition(":")
-        return "dequant", (int(bits), int(axis) if axis else None, shape_of(op.results[0]))
+    dequant = storage.dequantize_step(op)
+    if dequant is not None:
+        return dequant
     if len(gen.inputs) != 1 or len(gen.outputs) != 1:
         return None
     body = gen.regions[0].blocks[0]
@@ -137,8 +137,7 @@ def apply_view(array: np.ndarray, chain: list[tuple[str, Any]]) -> np.ndarray:
         elif kind == "cast":
             array = array.astype(_NUMPY_OF_MLIR[arg])
         elif kind == "dequant":  # levels only: the scales live in their own constant
-            bits, axis, shape = arg
-            array = (unpack_int4(array, axis) if bits == 4 else array).astype(np.float32).reshape(shape)
+            array = storage.stored_levels(array, *arg)
     return np.ascontiguousarray(array)
 
 
@@ -192,36 +191,63 @@ class WeightedOp:
         """A batch_matmul whose weight is one matrix broadcast over the batch."""
         return self.kind == "batch_matmul" and bool(self.chain) and self.chain[-1][0] in ("broadcast", "generic_broadcast")
 
-    def matrix_form(self) -> str | None:
+    @property
+    def groups(self) -> int:
+        """Independent channel groups: 1 for a dense op, G for a grouped conv, C for a depthwise one."""
+        if self.kind == "grouped_conv2d":
+            return self.weight_shape[0]
+        if self.kind == "depthwise_conv2d":
+            return self.output_shape[1]
+        return 1
+
+    def matrix_form(self) -> Skip | None:
         """Why this op's weight has no out×in matrix view, or None when it has one:
         a linear/LSTM matmul ``x·Wᵀ`` (the weight as right operand, shared over a
-        batch) or an NCHW convolution viewed as OC×(IC·KH·KW)."""
-        if self.kind == "conv2d":
-            return None if self.op.name == "linalg.conv_2d_nchw_fchw" else f"{self.op.name} (only NCHW convolutions)"
-        if self.kind not in ("matmul", "batch_matmul"):
-            return f"{self.kind} (no out×in matrix view)"
+        batch), an NCHW convolution as OC×(IC·KH·KW), a grouped one as
+        OC×(IC/G·KH·KW) and a depthwise one as C×(KH·KW) (each row sees only its
+        group's inputs: ``groups``)."""
+        if self.kind in ("conv2d", "grouped_conv2d", "depthwise_conv2d"):
+            if self.op.name in _MATRIX_CONVS:
+                return None
+            return Skip(SkipReason.NO_MATRIX_VIEW, f"{self.op.name} (only NCHW convolutions have a matrix view)")
         if self.operand_index != 1:
-            return "the weight is the left operand of its matmul"
+            return Skip(SkipReason.NO_MATRIX_VIEW, "the weight is the left operand of its matmul")
         if self.kind == "batch_matmul" and not self.batch_shared:
-            return "a batch_matmul with a different weight per batch"
+            return Skip(SkipReason.NO_MATRIX_VIEW, "a batch_matmul with a different weight per batch")
         return None
+
+    @property
+    def conv(self) -> bool:
+        return self.kind in ("conv2d", "grouped_conv2d", "depthwise_conv2d")
+
+    @property
+    def out_channels(self) -> int:
+        """Rows of the matrix view."""
+        if self.kind == "grouped_conv2d":
+            return self.weight_shape[0] * self.weight_shape[1]
+        if self.conv:
+            return self.weight_shape[0] if self.op.name in _MATRIX_CONVS else self.weight_shape[-1]
+        return self.weight_shape[-1]
 
     def matrix(self, param: np.ndarray) -> np.ndarray:
         """The weight as an out×in matrix (rows = outputs), from the parameter array."""
         operand = apply_view(param, self.chain)
-        if self.kind == "conv2d":
-            return operand.reshape(operand.shape[0], -1)
+        if self.conv:
+            return operand.reshape(self.out_channels, -1)
         return (operand[0] if self.batch_shared else operand).T
 
     def from_matrix(self, matrix: np.ndarray, param_shape: tuple[int, ...]) -> np.ndarray:
         """The inverse of :meth:`matrix`: an out×in matrix back in the parameter's layout."""
-        if self.kind == "conv2d":
+        if self.conv:
             operand = matrix.reshape(self.weight_shape)
         elif self.batch_shared:
             operand = np.broadcast_to(matrix.T, self.weight_shape)
         else:
             operand = matrix.T
         return unapply_view(np.ascontiguousarray(operand), self.chain, param_shape)
+
+
+_MATRIX_CONVS = ("linalg.conv_2d_nchw_fchw", "linalg.conv_2d_ngchw_gfchw", "linalg.depthwise_conv_2d_nchw_chw")
 
 
 @dataclass
@@ -247,8 +273,8 @@ class Program:
     layer_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # original parameter shapes
     func_name: str = "main"
     # Structure a method imposed on a layer, for the methods after it (bcr's
-    # blocks, which admm then solves for): layer -> a method-defined record.
-    structures: dict[str, Any] = field(default_factory=dict)
+    # blocks, which admm then solves for).
+    structures: dict[str, LayerStructure] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, array in self.params.items():
@@ -331,30 +357,18 @@ class Program:
         return found
 
     def has_narrow_weights(self) -> bool:
-        """Whether some weight is stored narrow and dequantized where it is used."""
-        return any(op.name == "linalg.generic" and DEQUANT_TAG in op.attributes for op in self.ops())
+        """Whether some weight is stored narrow and widened where it is used."""
+        return storage.narrow_weights(self)
 
-    def uses_by_param(self, selected: Callable[[str], bool] = lambda layer: True) -> dict[str, list[WeightedOp]]:
-        """The weighted ops of each parameter whose layer is ``selected``, in program order."""
-        by_param: dict[str, list[WeightedOp]] = {}
+    def layers(self, selected: Callable[[str], bool] = lambda layer: True) -> list["Layer"]:
+        """A :class:`Layer` per weight layer whose name is ``selected``, in program
+        order, with its uses and why it cannot be rewritten through one out×in
+        matrix view (``Layer.problem``)."""
+        uses: dict[str, list[WeightedOp]] = {}
         for w in self.weighted_ops():
             if selected(w.layer):
-                by_param.setdefault(w.param, []).append(w)
-        return by_param
-
-    def matrix_problem(self, uses: list[WeightedOp]) -> str | None:
-        """Why a parameter's uses cannot be rewritten through one out×in matrix
-        view (``WeightedOp.matrix``), or None when they can."""
-        first = uses[0]
-        if self.rewritten(first.param) or self.params[first.param].shape != self.layer_shapes.get(first.layer):
-            return "already rewritten by an earlier method"
-        for w in uses:
-            reason = w.matrix_form()
-            if reason:
-                return reason
-        if len({repr(w.chain) for w in uses}) != 1:
-            return "its uses read the weight through different views"
-        return None
+                uses.setdefault(w.layer, []).append(w)
+        return [Layer(self, name, ops) for name, ops in uses.items()]
 
     def contraction_macs(self) -> int:
         """MACs of every contraction, weighted or not (attention's activation matmuls count too)."""
@@ -414,9 +428,9 @@ class Program:
         self.origin[real] = origin if origin is not None else name
         return value
 
-    def at(self, op: ir.Operation) -> "_Builder":
+    def at(self, op: ir.Operation) -> Builder:
         """A builder inserting before ``op`` (use as a context manager)."""
-        return _Builder(self, op)
+        return Builder(self, op)
 
     def first_user(self, value: ir.Value) -> ir.Operation:
         """The earliest op in the function body that uses ``value``."""
@@ -475,21 +489,140 @@ class Program:
             raise RuntimeError("module does not verify")
 
 
-def pack_int4(levels: np.ndarray, axis: int) -> np.ndarray:
-    """Int4 levels in [-8, 7], two per byte along ``axis`` (even length): element
-    2i in the low nibble, 2i+1 in the high one."""
-    lv = np.moveaxis(levels.astype(np.int8), axis, -1)
-    packed = (lv[..., 0::2] & 0xF) | ((lv[..., 1::2] & 0xF) << 4)
-    return np.ascontiguousarray(np.moveaxis(packed.astype(np.uint8), -1, axis))
+@dataclass
+class Layer:
+    """One weight layer of the model (an original parameter, by its FQN) as a
+    method sees it: the ops that read it, its out×in matrix view, and why it
+    cannot be rewritten through that view (``problem``)."""
+
+    program: Program
+    name: str
+    uses: list[WeightedOp]
+
+    @property
+    def params(self) -> list[str]:
+        """The parameters holding the layer now (one unless a method rewrote it)."""
+        return list(dict.fromkeys(w.param for w in self.uses))
+
+    @property
+    def param(self) -> str:
+        return self.uses[0].param
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self.program.params[self.param]
+
+    @property
+    def kind(self) -> str:
+        return self.uses[0].kind
+
+    @property
+    def groups(self) -> int:
+        return self.uses[0].groups
+
+    @property
+    def macs(self) -> int:
+        return sum(w.macs for w in self.uses)
+
+    @cached_property
+    def rewritten(self) -> bool:
+        """Whether an earlier method replaced the layer's original array (as the layer was found)."""
+        p = self.program
+        return len(self.params) > 1 or p.rewritten(self.param) or p.params[self.param].shape != p.layer_shapes.get(self.name)
+
+    @property
+    def structure(self) -> LayerStructure | None:
+        """The structure an earlier method left on this layer, if any."""
+        return self.program.structures.get(self.name)
+
+    @property
+    def problem(self) -> Skip | None:
+        """Why the layer cannot be rewritten through one out×in matrix view, or None."""
+        if self.rewritten:
+            return Skip(SkipReason.ALREADY_REWRITTEN)
+        for w in self.uses:
+            reason = w.matrix_form()
+            if reason:
+                return reason
+        if len({repr(w.chain) for w in self.uses}) != 1:
+            return Skip(SkipReason.MIXED_VIEWS)
+        return None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in) of the matrix view."""
+        w = self.uses[0]
+        out = w.out_channels
+        return out, int(np.prod(w.weight_shape)) // (out * w.weight_shape[0] if w.batch_shared else out)
+
+    @property
+    def out_dim(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_dim(self) -> int:
+        return self.shape[1]
+
+    def matrix(self) -> np.ndarray:
+        """The weight as an out×in matrix (for a structured layer: the dense
+        weights its structure was chosen on)."""
+        if self.structure is not None and self.rewritten:
+            return self.structure.matrix
+        return self.uses[0].matrix(self.weight)
+
+    def from_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """An out×in matrix in the original parameter's layout."""
+        if self.structure is not None and self.rewritten:
+            return self.structure.to_param(matrix)
+        return self._view_to_param(matrix)
+
+    def _view_to_param(self, matrix: np.ndarray) -> np.ndarray:
+        return self.uses[0].from_matrix(matrix, self.program.layer_shapes[self.name])
+
+    def layout(self) -> storage.Layout:
+        """How the parameter lays out the out×in matrix (for ``storage.store``)."""
+        return storage.Layout(self._view_to_param)
 
 
-def unpack_int4(packed: np.ndarray, axis: int) -> np.ndarray:
-    """The inverse of :func:`pack_int4`, shaped like the dequantize op's output:
-    ``axis`` split into (n/2, 2)."""
-    p = np.moveaxis(packed.astype(np.uint8), axis, -1)
-    nib = np.stack([p & 0xF, p >> 4], axis=-1).astype(np.int8)
-    nib = (nib ^ 8) - 8  # sign-extend 4 bits
-    return np.moveaxis(nib, (-2, -1), (axis, axis + 1))
+class LayerRewriter:
+    """What ``LayerMethod.rewrite`` builds with: constants named after the layer,
+    a builder at each use, the one way to store a weight, and publishing the
+    structure the rewrite imposed."""
+
+    def __init__(self, program: Program, layer: Layer, method: str):
+        self.program = program
+        self.layer = layer
+        self.method = method
+        self._published: LayerStructure | None = None
+
+    def constant(self, suffix: str, array: np.ndarray) -> ir.Value:
+        """A new parameter ``LAYER.SUFFIX`` that belongs to the layer."""
+        return self.program.constant(f"{self.layer.name}.{suffix}", array, origin=self.layer.name)
+
+    def each_use(self, build: Callable[[WeightedOp, Builder], ir.Value]) -> None:
+        """Replace every use of the weight by what ``build(use, builder)`` returns (built before it)."""
+        for w in self.layer.uses:
+            with self.program.at(w.op) as b:
+                value = build(w, b)
+            self.program.replace(w.op, value)
+
+    def store(self, weights: "np.ndarray | storage.Quantized", *, suffix: str, layout: storage.Layout | None = None, param: str | None = None, dtype: Any = np.float32) -> storage.Stored:
+        """Replace the weight's constant (or ``param``) by ``weights`` in ``layout``
+        (default: the parameter's own, from an out×in matrix), via ``storage.store``."""
+        return storage.store(
+            self.program, param or self.layer.param, weights, name=f"{self.layer.name}.{suffix}",
+            origin=self.layer.name, layout=layout or self.layer.layout(), dtype=dtype,
+        )
+
+    def publish(self, structure: Any, matrix: np.ndarray, param: str, layout: storage.Layout) -> None:
+        """Leave ``structure`` (an ``optc.structures`` object) for later methods: the
+        weights live in ``param`` laid out by ``layout``; ``matrix`` is what it was chosen on."""
+        to_param = self.layer.structure.to_param if self.layer.structure is not None else self.layer._view_to_param
+        self._published = LayerStructure(self.method, structure, matrix, param, layout, to_param)
+
+    def publish_structure(self) -> None:
+        if self._published is not None:
+            self.program.structures[self.layer.name] = self._published
 
 
 def _element_type(dtype: np.dtype) -> ir.Type:
@@ -507,154 +640,3 @@ def _element_type(dtype: np.dtype) -> ir.Type:
     if dtype.name not in table:
         raise TypeError(f"no MLIR element type for {dtype}")
     return table[dtype.name]()
-
-
-class _Builder:
-    """Small op builders at one insertion point; values in, values out."""
-
-    def __init__(self, program: Program, before: ir.Operation):
-        self.program = program
-        self._ip = ir.InsertionPoint(before)
-        self._loc = before.location
-
-    def __enter__(self) -> "_Builder":
-        self.program.context.__enter__()
-        self._loc.__enter__()
-        self._ip.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._ip.__exit__(*exc)
-        self._loc.__exit__(*exc)
-        self.program.context.__exit__(*exc)
-
-    def zeros(self, shape: tuple[int, ...], like: ir.Value) -> ir.Value:
-        etype = ir.RankedTensorType(like.type).element_type
-        empty = tensor.EmptyOp(list(shape), etype).result
-        zero = arith.ConstantOp(etype, 0.0).result
-        return as_value(linalg.fill(zero, outs=[empty]))
-
-    def collapse(self, value: ir.Value, groups: list[list[int]]) -> ir.Value:
-        shape = shape_of(value)
-        etype = ir.RankedTensorType(value.type).element_type
-        new_shape = [prod(shape[i] for i in g) for g in groups]
-        return tensor.CollapseShapeOp(ir.RankedTensorType.get(new_shape, etype), value, _reassoc(groups)).result
-
-    def expand(self, value: ir.Value, groups: list[list[int]], shape: tuple[int, ...]) -> ir.Value:
-        etype = ir.RankedTensorType(value.type).element_type
-        return tensor.ExpandShapeOp(
-            ir.RankedTensorType.get(list(shape), etype), value, _reassoc(groups), [], list(shape)
-        ).result
-
-    def transpose(self, value: ir.Value, perm: list[int]) -> ir.Value:
-        shape = shape_of(value)
-        etype = ir.RankedTensorType(value.type).element_type
-        empty = tensor.EmptyOp([shape[p] for p in perm], etype).result
-        return as_value(linalg.transpose(value, outs=[empty], permutation=perm))
-
-    def matmul(self, lhs: ir.Value, rhs: ir.Value, init: ir.Value) -> ir.Value:
-        return as_value(linalg.matmul(lhs, rhs, outs=[init]))
-
-    def batch_matmul(self, lhs: ir.Value, rhs: ir.Value, init: ir.Value) -> ir.Value:
-        return as_value(linalg.batch_matmul(lhs, rhs, outs=[init]))
-
-    def generic(
-        self,
-        inputs: list[ir.Value],
-        init: ir.Value,
-        maps: list[str],
-        body: Callable[..., ir.Value],
-        attrs: dict[str, str] | None = None,
-    ) -> ir.Value:
-        """An all-parallel ``linalg.generic``: ``maps`` are affine maps written as
-        ``"(b, m, c) -> (b, c)"``, one per input and the output; ``body(*args)``
-        builds the yielded value from the block arguments (inputs, then output)."""
-        n_dims = len(shape_of(init))
-        parsed = ir.ArrayAttr.get([ir.Attribute.parse(f"affine_map<{m}>") for m in maps])
-        iterators = ir.ArrayAttr.get([ir.Attribute.parse("#linalg.iterator_type<parallel>")] * n_dims)
-        op = linalg.GenericOp([init.type], inputs, [init], parsed, iterators)
-        for key, value in (attrs or {}).items():
-            op.operation.attributes[key] = ir.StringAttr.get(value)
-        types = [ir.RankedTensorType(v.type).element_type for v in [*inputs, init]]
-        block = op.regions[0].blocks.append(*types)
-        with ir.InsertionPoint(block):
-            linalg.YieldOp([body(*block.arguments)])
-        return op.results[0]
-
-    def index(self, dim: int) -> ir.Value:
-        """The iteration index along ``dim`` (inside a generic body)."""
-        return linalg.IndexOp(dim).result
-
-    def to_index(self, value: ir.Value) -> ir.Value:
-        return arith.IndexCastOp(ir.IndexType.get(), value).result
-
-    def dequantize(self, levels: ir.Value, scale: ir.Value, scale_dims: list[int], bits: int, axis: int | None = None) -> ir.Value:
-        """``float(level) · scale`` next to the use of a narrow stored weight.
-
-        ``scale`` is indexed by the output dims ``scale_dims`` (per output channel).
-        Int8 levels are stored one per byte; int4 levels are packed two per byte
-        along ``axis`` (see :func:`pack_int4`; not a scale dim): the generic
-        unpacks into (n/2, 2) along it and a collapse restores the weight's shape."""
-        stored = list(shape_of(levels))
-        if bits == 4:
-            assert axis is not None and axis not in scale_dims
-            shape = stored[:axis + 1] + [2] + stored[axis + 1:]
-            names = [f"d{i}" for i in range(len(shape))]
-            dims = ", ".join(names)
-            level_map = ", ".join(n for i, n in enumerate(names) if i != axis + 1)
-            scale_names = [names[d if d <= axis else d + 1] for d in scale_dims]
-            # a weight dim d >= axis+1 is dim d+1 of the split shape, the pair index is axis+1
-        else:
-            shape = stored
-            names = [f"d{i}" for i in range(len(shape))]
-            dims = level_map = ", ".join(names)
-            scale_names = [names[d] for d in scale_dims]
-        f32 = ir.F32Type.get()
-        i8 = ir.IntegerType.get_signless(8)
-        init = tensor.EmptyOp(shape, f32).result
-
-        def body(q: ir.Value, s: ir.Value, _out: ir.Value) -> ir.Value:
-            if bits == 4:
-                pair = arith.IndexCastOp(i8, self.index(axis + 1)).result
-                shift = arith.MulIOp(pair, arith.ConstantOp(i8, 4).result).result
-                nib = arith.AndIOp(arith.ShRUIOp(q, shift).result, arith.ConstantOp(i8, 15).result).result
-                eight = arith.ConstantOp(i8, 8).result
-                q = arith.SubIOp(arith.XOrIOp(nib, eight).result, eight).result  # sign-extend
-            return arith.MulFOp(arith.SIToFPOp(f32, q).result, s).result
-
-        tag = f"{bits}:{axis}" if bits == 4 else str(bits)
-        value = self.generic(
-            [levels, scale], init,
-            [f"({dims}) -> ({level_map})", f"({dims}) -> ({', '.join(scale_names)})", f"({dims}) -> ({dims})"],
-            body, attrs={DEQUANT_TAG: tag},
-        )
-        if bits == 4:
-            groups = [[d] for d in range(axis)] + [[axis, axis + 1]] + [[d] for d in range(axis + 2, len(shape))]
-            value = self.collapse(value, groups)
-        return value
-
-    def linear(self, x: ir.Value, matrix: ir.Value, init: ir.Value) -> ir.Value:
-        """``init + x·matrix`` for x of shape [..., K] and a K×N matrix: leading
-        dims are collapsed into the rows of one 2-D matmul (no broadcast weight copy)."""
-        xs = shape_of(x)
-        if len(xs) == 2:
-            return self.matmul(x, matrix, init)
-        out_shape = shape_of(init)
-        lead = list(range(len(xs) - 1))
-        groups = [lead, [len(xs) - 1]]
-        y = self.matmul(self.collapse(x, groups), matrix, self.collapse(init, groups))
-        return self.expand(y, groups, out_shape)
-
-
-def as_value(built: Any) -> ir.Value:
-    """The single result of what a dialect builder returned (a Value or an op)."""
-    if isinstance(built, (ir.OpView, ir.Operation)):
-        built = built.results
-    if isinstance(built, ir.OpResultList):
-        return built[0]
-    return built
-
-
-def _reassoc(groups: list[list[int]]) -> ir.ArrayAttr:
-    i64 = ir.IntegerType.get_signless(64)
-    return ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, d) for d in g]) for g in groups])

@@ -5,7 +5,9 @@ Top-level keys of a compile report:
   kind          "compile"
   model         the model path or reference
   target        {"name", "options"}
-  methods       [{"name", "options", "changes": [{"layer", "action", "details"}]}]
+  methods       [{"name", "options", "changes": [{"layer", "action", "status", "reason", "details"}]}]
+                status "changed" or "skipped"; reason (skipped only) an optc.api.SkipReason
+                name in lower case, e.g. "does_not_fit", "already_rewritten"
   layers        [{"layer", "kind", "weight_shape", "ops_before", "ops_after",
                   "params_before", "params_after", "macs_before", "macs_after", "methods"}]
   totals        {"params_before", "params_after", "param_bytes_before", "param_bytes_after",
@@ -42,7 +44,7 @@ def layer_rows(before: dict[str, LayerStats], after: dict[str, LayerStats], resu
     touched: dict[str, list[str]] = {}
     for r in results:
         for c in r.changes:
-            if not c.action.startswith("skipped"):
+            if c.changed:
                 touched.setdefault(c.layer, []).append(r.method)
     rows = []
     for name, b in before.items():
@@ -93,7 +95,7 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
         "model": c.model_spec,
         "target": {"name": c.selection.target.name, "options": options_dict(c.selection.target_options)},
         "methods": [
-            {"name": m.name, "options": options_dict(o), "changes": [vars(ch) for ch in r.changes]}
+            {"name": m.name, "options": options_dict(o), "changes": [ch.as_dict() for ch in r.changes]}
             for (m, o), r in zip(c.selection.methods, c.results)
         ],
         "layers": layer_rows(c.original.layer_stats(), c.program.layer_stats(), c.results),

@@ -28,17 +28,20 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from optc.api import LayerChange, Method, MethodContext, MethodResult, layer_selected, option
+from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, option
 from optc.errors import OptionError
 from optc.hookspecs import hookimpl
-from optc.program import Program, WeightedOp
-from optc.quant import Quantized, narrow_weight, quantize
+from optc.program import Layer, LayerRewriter, Program
+from optc.storage import quantize
+from optc.structures import NM, Unstructured, nm_mask, unstructured_mask
 
 BITS = {"int8": 8, "int4": 4}
 
 
 @dataclass
-class AdmmOptions:
+class AdmmOptions(SelectionOptions):
+    OVERRIDABLE = ("density", "iterations")
+
     prune: Literal["auto", "structure", "unstructured", "nm", "none"] = option(
         "auto", "constraint: an earlier method's structure (structure), its own unstructured or N:M mask, or none (quantize only); auto = structure when an earlier method left one, else unstructured"
     )
@@ -51,8 +54,6 @@ class AdmmOptions:
     damp: float = option(0.01, "added to diag(G), relative to its mean, so that rank-deficient inputs still solve")
     sequential: bool = option(True, "solve layers in program order, each on the inputs the already-solved layers produce (one calibration run per layer)")
     passes: int = option(1, "solve every layer this many times, each pass on the inputs of the previous pass's weights (helps recurrent layers)")
-    layers: tuple[str, ...] = option((), "only these layers (comma-separated fnmatch patterns on parameter names); empty = all")
-    skip: tuple[str, ...] = option((), "never these layers (comma-separated fnmatch patterns)")
 
     def validate(self) -> None:
         if not 0.0 < self.density <= 1.0:
@@ -65,6 +66,7 @@ class AdmmOptions:
             raise ValueError(f"passes={self.passes}: must be >= 1")
         if not self.rho > 0 or self.damp < 0:
             raise ValueError("rho must be > 0 and damp >= 0")
+        super().validate()
 
 
 # ----------------------------------------------------------------------------- solver
@@ -141,23 +143,6 @@ def masked_least_squares(w: np.ndarray, d: LayerData, mask: np.ndarray, damp: fl
     return out
 
 
-def unstructured_mask(v: np.ndarray, density: float) -> np.ndarray:
-    keep = max(1, round(density * v.size))
-    flat = np.abs(v).ravel()
-    mask = np.zeros(v.size, dtype=bool)
-    mask[np.argpartition(-flat, keep - 1)[:keep]] = True
-    return mask.reshape(v.shape)
-
-
-def nm_mask(v: np.ndarray, n: int, m: int) -> np.ndarray:
-    rows, k = v.shape
-    groups = np.abs(v).reshape(rows, k // m, m)
-    order = np.argsort(-groups, axis=2, kind="stable")[:, :, :n]
-    mask = np.zeros_like(groups, dtype=bool)
-    np.put_along_axis(mask, order, True, axis=2)
-    return mask.reshape(rows, k)
-
-
 def projection(
     mask_of: Callable[[np.ndarray], np.ndarray], bits: int | None
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -173,44 +158,58 @@ def projection(
 # ----------------------------------------------------------------------------- method
 
 
-class Admm(Method):
+def _mode(options: AdmmOptions, program: Program) -> str:
+    if options.prune == "auto":
+        return "structure" if program.structures else "unstructured"
+    return options.prune
+
+
+class Admm(LayerMethod):
     name = "admm"
     summary = "ADMM weight solving on calibration data (ADMM-NN): reconstruct each layer's outputs inside bcr's blocks, an unstructured or N:M mask, and int8/int4 levels"
     Options = AdmmOptions
     needs_calibration = True
 
-    def apply(self, program: Program, options: AdmmOptions, ctx: MethodContext) -> MethodResult:
+    def start(self, program: Program, options: AdmmOptions, ctx: MethodContext) -> None:
         assert ctx.calibration is not None  # the driver checks needs_calibration
-        mode = options.prune
-        if mode == "auto":
-            mode = "structure" if program.structures else "unstructured"
-        if mode == "structure" and not program.structures:
+        if _mode(options, program) == "structure" and not program.structures:
             raise OptionError("admm.prune=structure: no earlier method left a structure (put bcr before admm: --plugins bcr,admm)")
-        bits = BITS.get(options.quant)
-        result = MethodResult(self.name)
-        layers = self._layers(program, options, mode, result)
+
+    def admissible(self, layer: Layer) -> Skip | None:
+        if layer.structure is None and layer.groups != 1:
+            return Skip(SkipReason.UNSUPPORTED, f"{layer.kind} (admm solves dense layers: no calibration statistics for grouped convolutions)")
+        return None if layer.structure is not None else layer.problem
+
+    def plan_layers(self, layers: list[Layer], options: AdmmOptions, ctx: MethodContext) -> list[Plan | Skip]:
+        """Every layer solved in program order, ``passes`` times; each pass (with
+        ``sequential``) on the inputs that the weights solved so far produce."""
+        plans: dict[str, Plan | Skip] = {}
+        todo = []
+        for layer in layers:
+            mode = _mode(options, layer.program)
+            if layer.structure is not None and mode != "structure":
+                method = layer.structure.method
+                raise OptionError(f"admm.prune={mode}: layer {layer.name} already has {method}'s structure; use admm.prune=structure (or auto) after {method}")
+            if layer.structure is None and mode == "structure" and options.quant == "none":
+                plans[layer.name] = Skip(SkipReason.NOTHING_TO_DO, "no earlier method's structure to solve in, and no quantization")
+            else:
+                todo.append((layer, mode, layer.matrix(), layer.structure.mask() if layer.structure is not None else None))
         solved: dict[str, np.ndarray] = {}  # layer -> its solved weights, parameter layout
         for step in range(options.passes):
-            for layer, (matrix, store, to_param, fixed) in layers.items():
+            for i, (layer, mode, matrix, fixed) in enumerate(todo):
+                ctx.progress(f"admm: pass {step + 1}/{options.passes}, layer {i + 1}/{len(todo)} {layer.name}")
                 if options.sequential and solved:  # inputs as the layers solved so far produce them
-                    data = LayerData(ctx.calibration.gram(layer), *ctx.calibration.cross(layer, solved))
+                    data = LayerData(ctx.calibration.gram(layer.name), *ctx.calibration.cross(layer.name, solved))
                 else:
-                    data = LayerData.same(ctx.calibration.gram(layer))
-                dense, quantized, details = self._solve(layer, matrix, data, fixed, mode, bits, options)
-                solved[layer] = to_param(dense)
-                if step == options.passes - 1:
-                    details["storage"] = store(dense, quantized)
-                    result.reference_weights[layer] = solved[layer]
-                    result.changes.append(
-                        LayerChange(layer, f"solved by ADMM ({_describe(mode, fixed is not None, options)}{', ' + options.quant if bits else ''})", details)
-                    )
-        return result
+                    data = LayerData.same(ctx.calibration.gram(layer.name))
+                plans[layer.name] = plan = self._solve(layer.name, matrix, data, fixed, mode, options.for_layer(layer.name))
+                solved[layer.name] = layer.from_matrix(plan.dense)
+        return [plans[layer.name] for layer in layers]
 
-    def _solve(
-        self, layer: str, matrix: np.ndarray, data: LayerData, fixed: np.ndarray | None, mode: str, bits: int | None, options: AdmmOptions
-    ) -> tuple[np.ndarray, Quantized | None, dict]:
+    def _solve(self, layer: str, matrix: np.ndarray, data: LayerData, fixed: np.ndarray | None, mode: str, options: AdmmOptions) -> Plan:
         """One layer's solution: the float32 out×in weights the program computes
-        with, their quantization (when ``bits``), and what to report."""
+        with (``dense``), their quantization, the mask's structure, and what to report."""
+        bits = BITS.get(options.quant)
         if fixed is not None:
             mask_of = lambda v: fixed  # noqa: E731
         elif mode == "unstructured":
@@ -223,13 +222,10 @@ class Admm(Method):
             mask_of = lambda v: np.ones(v.shape, dtype=bool)  # noqa: E731
         z, history = admm(matrix, data, projection(mask_of, bits), options.iterations, options.rho, options.damp)
         mask = fixed if fixed is not None else z != 0
-        quantized = None
-        if bits is None:
-            dense = masked_least_squares(matrix, data, mask, options.damp).astype(np.float32)
-        else:
-            quantized = quantize(z.astype(np.float32), bits)
-            dense = quantized.dequantized()
-        return dense, quantized, {
+        quantized = quantize(z.astype(np.float32), bits) if bits else None
+        dense = quantized.dequantized() if quantized else masked_least_squares(matrix, data, mask, options.damp).astype(np.float32)
+        structure = {"unstructured": lambda: Unstructured(mask), "nm": lambda: NM(options.n, options.m, mask)}.get(mode if fixed is None else "")
+        details = {
             "density": float(mask.mean()),
             "objective_first": history[0],
             "objective_admm": min(history),
@@ -237,55 +233,27 @@ class Admm(Method):
             "iterations": options.iterations,
             "sequential": options.sequential,
         }
+        action = f"solved by ADMM ({_describe(mode, fixed is not None, options)}{', ' + options.quant if bits else ''})"
+        return Plan(action, details, dense=dense, quantized=quantized, matrix=matrix, structure=structure() if structure else None)
 
-    def _layers(self, program: Program, options: AdmmOptions, mode: str, result: MethodResult) -> dict:
-        """layer -> (dense out×in matrix, store(matrix, quantized), to_param(matrix), fixed mask or None)."""
-        chosen: dict = {}
-        selected = lambda layer: layer_selected(layer, options.layers, options.skip)  # noqa: E731
-        for layer, s in program.structures.items():
-            if not selected(layer):
-                continue
-            if mode != "structure":
-                raise OptionError(f"admm.prune={mode}: layer {layer} already has {s.method}'s structure; use admm.prune=structure (or auto) after {s.method}")
-            chosen[layer] = (s.matrix, lambda m, q, s=s: s.store(program, m, q), s.to_param, s.mask())
-        for param, uses in program.uses_by_param(selected).items():
-            layer, first = uses[0].layer, uses[0]
-            if layer in chosen or layer in program.structures:
-                continue
-            if mode == "structure" and options.quant == "none":
-                continue  # nothing to solve: no structure and no levels
-            reason = program.matrix_problem(uses)
-            if reason:
-                result.changes.append(LayerChange(layer, f"skipped: {reason}"))
-                continue
-            weight = program.params[param]
-            chosen[layer] = (
-                first.matrix(weight),
-                lambda m, q, first=first, param=param, layer=layer: _store_dense(program, first, param, layer, m, q),
-                lambda m, first=first, shape=weight.shape: first.from_matrix(m, shape),
-                None,
-            )
-        return chosen
+    def rewrite(self, layer: Layer, plan: Plan, rw: LayerRewriter) -> np.ndarray:
+        s = layer.structure
+        weights = plan.quantized if plan.quantized is not None else plan.dense
+        if s is not None:  # store inside the earlier method's layout
+            stored = rw.store(weights, suffix=s.method, layout=s.layout, param=s.param)
+            s.param = stored.param
+        else:
+            stored = rw.store(weights, suffix="admm")
+            if plan.structure is not None:
+                rw.publish(plan.structure, plan.matrix, stored.param, layer.layout())
+        plan.details["storage"] = stored.storage
+        return layer.from_matrix(plan.dense)
 
 
 def _describe(mode: str, structured: bool, options: AdmmOptions) -> str:
     if structured:
         return "inside the earlier method's structure"
     return {"unstructured": f"unstructured, density {options.density:g}", "nm": f"{options.n}:{options.m} sparse"}.get(mode, "not pruned")
-
-
-def _store_dense(program: Program, first: WeightedOp, param: str, layer: str, matrix: np.ndarray, quantized: Quantized | None) -> str:
-    """Replace the layer's parameter by the solved weights (narrow when quantized); returns how they are stored."""
-    shape = program.params[param].shape
-    if quantized is None:
-        program.replace(program.constant_op(param), program.constant(f"{layer}.admm", first.from_matrix(matrix, shape), origin=layer))
-        return "float32"
-    rows = first.from_matrix(np.broadcast_to(np.arange(matrix.shape[0], dtype=np.float32)[:, None], matrix.shape), shape)
-    varying = [d for d in range(rows.ndim) if rows.shape[d] > 1 and not np.all(rows == rows.take([0], axis=d))]
-    if len(varying) != 1:
-        raise ValueError(f"layer {layer}: no single parameter dim holds its output channels")
-    levels = first.from_matrix(quantized.levels.astype(np.float32), shape).astype(np.int8)
-    return narrow_weight(program, param, f"{layer}.admm", levels, quantized.scales, varying, quantized.bits, layer)[1]
 
 
 @hookimpl

@@ -15,18 +15,18 @@ from typing import Optional
 
 import numpy as np
 
-from optc.api import LayerChange, Method, MethodContext, MethodResult, layer_selected, option
+from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, option
 from optc.hookspecs import hookimpl
-from optc.program import Program, apply_view, shape_of, unapply_view
+from optc.program import Layer, LayerRewriter, shape_of
 
 
 @dataclass
-class LowRankOptions:
+class LowRankOptions(SelectionOptions):
+    OVERRIDABLE = ("rank", "reduction", "energy")
+
     rank: Optional[int] = option(None, "rank r for every factored layer (overrides energy; capped at min(in, out))")
     reduction: Optional[float] = option(None, "choose each layer's rank so its FLOPs shrink by this factor (r = in·out / (reduction·(in+out))); overrides rank and energy")
     energy: float = option(0.9, "keep the smallest rank whose singular values hold this fraction of the squared norm, in (0, 1]")
-    layers: tuple[str, ...] = option((), "only these layers (comma-separated fnmatch patterns on parameter names); empty = all")
-    skip: tuple[str, ...] = option((), "never these layers (comma-separated fnmatch patterns)")
     force: bool = option(False, "factor even where it would not reduce FLOPs (to check the rewrite is exact)")
 
     def validate(self) -> None:
@@ -36,6 +36,7 @@ class LowRankOptions:
             raise ValueError(f"reduction={self.reduction}: must be > 1")
         if not 0.0 < self.energy <= 1.0:
             raise ValueError(f"energy={self.energy}: must be in (0, 1]")
+        super().validate()
 
 
 def choose_rank(singular_values: np.ndarray, options: LowRankOptions, k: int = 0, n: int = 0) -> int:
@@ -57,64 +58,36 @@ def factor(svd: tuple[np.ndarray, np.ndarray, np.ndarray], rank: int, dtype: np.
     return (u[:, :rank] * s[:rank]).astype(dtype), vt[:rank].astype(dtype)
 
 
-class LowRank(Method):
+class LowRank(LayerMethod):
     name = "lowrank"
     summary = "low-rank factorization (truncated SVD): each linear/LSTM matmul becomes two thinner matmuls"
     Options = LowRankOptions
 
-    def apply(self, program: Program, options: LowRankOptions, ctx: MethodContext) -> MethodResult:
-        result = MethodResult(self.name)
-        by_param = program.uses_by_param(lambda layer: layer_selected(layer, options.layers, options.skip))
-        for param, uses in by_param.items():
-            layer = uses[0].layer
-            reason = program.matrix_problem(uses)
-            if reason is None and uses[0].kind == "conv2d":
-                reason = "conv2d (lowrank factors matmul weights; convolutions are not factored)"
-            if reason:
-                result.changes.append(LayerChange(layer, f"skipped: {reason}"))
-                continue
-            first = uses[0]
-            weight = program.params[param]  # read before the rewrite drops it
-            matrix = apply_view(weight, first.chain)
-            if first.batch_shared:
-                matrix = matrix[0]
-            k, n = matrix.shape
-            svd = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)  # float64 for accuracy
-            s = svd[1]
-            r = choose_rank(s, options, k, n)
-            if r * (k + n) >= k * n and not options.force:
-                result.changes.append(
-                    LayerChange(layer, f"skipped: rank {r} would not reduce FLOPs ({r}·({k}+{n}) ≥ {k}·{n})", {"rank": r})
-                )
-                continue
-            a, b = factor(svd, r, matrix.dtype)
-            a_val = program.constant(f"{param}.lowrank_in", a, origin=layer)
-            b_val = program.constant(f"{param}.lowrank_out", b, origin=layer)
-            for w in uses:
-                x, init = w.op.operands[0], w.op.operands[2]
-                with program.at(w.op) as build:
-                    t = build.linear(x, a_val, build.zeros(_rows(x) + (r,), like=x))
-                    y = build.linear(t, b_val, init)
-                program.replace(w.op, y)
-            effective = a.astype(np.float64) @ b.astype(np.float64)
-            if first.batch_shared:
-                effective = np.broadcast_to(effective, (first.weight_shape[0], k, n))
-            result.reference_weights[layer] = unapply_view(
-                effective.astype(np.float32), first.chain, weight.shape
-            )
-            kept = float(np.sum(s[:r] ** 2) / np.sum(s**2)) if np.sum(s**2) > 0 else 1.0
-            result.changes.append(
-                LayerChange(
-                    layer,
-                    f"factorized rank {r}",
-                    {"rank": r, "in": k, "out": n, "energy_kept": kept, "ops": len(uses)},
-                )
-            )
-        return result
+    def plan(self, layer: Layer, options: LowRankOptions, ctx: MethodContext) -> Plan | Skip:
+        if layer.uses[0].conv:
+            return Skip(SkipReason.UNSUPPORTED, f"{layer.kind} (lowrank factors matmul weights; convolutions are not factored)")
+        matrix = layer.matrix().T  # in×out, as x·M reads it
+        k, n = matrix.shape
+        svd = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)  # float64 for accuracy
+        s = svd[1]
+        r = choose_rank(s, options, k, n)
+        if r * (k + n) >= k * n and not options.force:
+            return Skip(SkipReason.NOT_PROFITABLE, f"rank {r} would not reduce FLOPs ({r}·({k}+{n}) ≥ {k}·{n})", {"rank": r})
+        a, b = factor(svd, r, matrix.dtype)
+        kept = float(np.sum(s[:r] ** 2) / np.sum(s**2)) if np.sum(s**2) > 0 else 1.0
+        details = {"rank": r, "in": k, "out": n, "energy_kept": kept, "ops": len(layer.uses)}
+        return Plan(f"factorized rank {r}", details, a=a, b=b)
 
+    def rewrite(self, layer: Layer, plan: Plan, rw: LayerRewriter) -> np.ndarray:
+        a_val, b_val = rw.constant("lowrank_in", plan.a), rw.constant("lowrank_out", plan.b)
 
-def _rows(x) -> tuple[int, ...]:
-    return shape_of(x)[:-1]
+        def two_matmuls(w, build):
+            x, init = w.op.operands[0], w.op.operands[2]
+            t = build.linear(x, a_val, build.zeros(shape_of(x)[:-1] + (plan.a.shape[1],), like=x))
+            return build.linear(t, b_val, init)
+
+        rw.each_use(two_matmuls)
+        return layer.from_matrix((plan.a.astype(np.float64) @ plan.b.astype(np.float64)).T.astype(np.float32))
 
 
 @hookimpl

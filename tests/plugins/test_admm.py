@@ -13,8 +13,8 @@ from optc.driver import _host_runner
 from optc.errors import OptionError
 from optc.plugins.admm import Admm, LayerData, admm, masked_least_squares, nm_mask, objective, projection, unstructured_mask
 from optc.plugins.bcr import Bcr
-from optc.program import unpack_int4
-from optc.quant import QMAX
+from optc.storage import unpack_int4
+from optc.storage import QMAX
 from optc.targets.cpu import CpuOptions, CpuTarget
 from optc.verify import verify
 from tests.conftest import lowered
@@ -144,3 +144,10 @@ def test_nm_groups_that_do_not_fit_are_an_error():
     _, p = lowered("mlp")
     with pytest.raises(OptionError, match="m=3 do not fit layer 0.weight"):
         run_admm(p, MethodContext(calibration=calibration_for(p)), prune="nm", n=1, m=3, iterations=2)
+
+
+def test_method_contract_with_the_testing_kit():
+    from optc.testing import check_method
+
+    # no identity setting: a least-squares re-solve on 32 random samples is not the original weight
+    check_method(Admm(), options={"iterations": 3, "quant": "int8"})

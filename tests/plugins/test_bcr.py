@@ -66,7 +66,7 @@ def test_pruned_artifact_matches_the_pruned_reference(name, opts):
 def test_block_structure_follows_the_options():
     _, p, result = apply("mlp", block=4, col_keep=0.25, row_keep=0.5, override="4.weight:block=2")
     # 0.weight is 512 out x 256 in: 128 blocks of 4 rows, 64 columns and 2 rows kept per block
-    s = p.structures["0.weight"]
+    s = p.structures["0.weight"].structure
     assert (s.blocks, s.cols.shape, s.rows.shape) == (128, (128, 64), (128, 2))
     mask = s.mask()
     for b in range(128):
@@ -109,7 +109,7 @@ def test_rewritten_ir_filecheck(tmp_path):
 def test_all_columns_kept_is_one_matmul_without_a_gather():
     _, p, _ = apply("mlp", block=4, col_keep=1.0, row_keep=0.5, layers="0.weight")
     s = p.structures["0.weight"]
-    assert s.shared and p.params[s.param].shape == (256, 128 * 2)
+    assert s.structure.shared and p.params[s.param].shape == (256, 128 * 2)
     assert not any(op.name == "linalg.batch_matmul" for op in p.ops())
 
 
@@ -142,20 +142,48 @@ def test_bad_options_name_the_problem(assignments, fragment):
 
 def test_block_zero_is_one_block_per_layer_and_a_plain_matmul():
     model, p, result = apply("mlp", block=0, col_keep=0.25, row_keep=1.0)
-    assert [s.blocks for s in p.structures.values()] == [1, 1, 1]
+    assert [s.structure.blocks for s in p.structures.values()] == [1, 1, 1]
     assert not any(op.name == "linalg.batch_matmul" for op in p.ops())  # one block: no batch dim
     assert p.layer_stats()["0.weight"].macs == 4 * 64 * 512
     check = verify(model.module, result.reference_weights, compiled_outputs(p), p.example_inputs)
     assert check.compile_error.max_rel <= 1e-5, check
 
 
-def test_block_that_does_not_fit_a_layer_is_an_error():
+def test_block_that_does_not_fit_a_named_layer_is_an_error():
     with pytest.raises(OptionError) as e:
-        apply("mlp", block=16)  # 4.weight has 10 rows
+        apply("mlp", block=16, layers="0.weight,4.weight")  # 4.weight has 10 rows
     assert "block=16 does not fit layer 4.weight (10 output rows)" in str(e.value)
     assert "bcr.skip=4.weight" in str(e.value)
+
+
+def test_block_that_does_not_fit_an_unnamed_layer_skips_it_with_the_reason():
+    from optc.api import SkipReason
+
+    _, p, result = apply("mlp", block=16)  # 4.weight has 10 rows
+    changes = {c.layer: c for c in result.changes}
+    assert changes["0.weight"].changed and changes["2.weight"].changed
+    assert not changes["4.weight"].changed and changes["4.weight"].reason is SkipReason.DOES_NOT_FIT
+    assert "block=16 does not fit layer 4.weight (10 output rows)" in changes["4.weight"].action
+    assert set(p.structures) == {"0.weight", "2.weight"}
+
+
+def test_defaults_run_on_the_cnn_and_skip_what_bcr_cannot_prune():
+    from optc.api import SkipReason
+
+    model, p, result = apply("cnn")  # block 16: fc2 (10 rows) does not fit; dw/pw are grouped convs
+    reasons = {c.layer: c.reason for c in result.changes}
+    assert reasons == {"stem.weight": None, "dw.weight": SkipReason.UNSUPPORTED, "pw.weight": SkipReason.UNSUPPORTED,
+                       "fc1.weight": None, "fc2.weight": SkipReason.DOES_NOT_FIT}
+    check = verify(model.module, result.reference_weights, compiled_outputs(p), p.example_inputs)
+    assert check.compile_error.max_rel <= 1e-5, check
 
 
 def test_activation_score_without_calibration_is_an_error():
     with pytest.raises(OptionError, match="needs calibration data"):
         apply("mlp", block=2, score="activation")
+
+
+def test_method_contract_with_the_testing_kit():
+    from optc.testing import check_method
+
+    check_method(Bcr(), options={"block": 4, "col_keep": 0.5}, identity={"block": 2, "col_keep": 1, "row_keep": 1})

@@ -135,3 +135,9 @@ def test_rewritten_ir_filecheck(tmp_path):
     fc = Path(sys.executable).parent / "filecheck"
     proc = subprocess.run([str(fc), str(checks)], input=p.to_text(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_method_contract_with_the_testing_kit():
+    from optc.testing import check_method
+
+    check_method(LowRank(), options={"rank": 4}, identity={"rank": 10_000, "force": "true"})

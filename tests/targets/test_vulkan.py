@@ -49,3 +49,34 @@ def test_mobile_profiles_compile_but_are_verified_through_a_portable_build():
         assert not ok and profile in why
         assert t.portable_options(opts).profile == "default"
     assert t.runs_here(VulkanOptions()) == (True, "")
+
+
+def test_float16_weights_are_refused_up_front_naming_the_missing_capability():
+    import sys
+
+    from optc.driver import Selection, compile_model
+    from optc.errors import CompileError
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "examples" / "optc_fp16_plugin"))
+    from optc_fp16 import Fp16
+
+    for profile in ("default", "valhall4"):  # a mobile build is verified through a default one here
+        sel = Selection([(Fp16(), Fp16.Options())], VulkanTarget(), VulkanOptions(profile=profile))
+        with pytest.raises(CompileError) as e:
+            compile_model("examples.models:mlp", sel)
+        assert "float16 weights need 16-bit storage buffers" in str(e.value)
+        assert "which the default profile's SPIR-V target lacks" in str(e.value)
+    _, p = lowered("mlp")
+    assert VulkanTarget().supports(p, VulkanOptions()) == (True, "")  # float32 weights compile
+
+
+def test_int8_weights_are_refused_on_the_default_profile():
+    from optc.storage import quantize, store
+
+    _, p = lowered("mlp")
+    layer = p.layers()[0]
+    store(p, layer.param, quantize(layer.matrix(), 8), name="q", origin=layer.name, layout=layer.layout())
+    ok, why = VulkanTarget().supports(p, VulkanOptions())
+    assert not ok and "int8 weights need 8-bit storage buffers" in why
+    assert VulkanTarget().supports(p, VulkanOptions(profile="valhall4")) == (True, "")

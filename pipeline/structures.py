@@ -1,0 +1,241 @@
+"""Weight structures that methods impose and share: which weights of an out×in
+matrix are kept (a mask) or how it is factored, and what computing with it costs.
+
+Every structure gives its mask as numpy (``mask()``) and as a torch tensor
+(``mask_torch()``), so a later fine-tuning stage can train inside it, and its
+cost: ``macs(rows)`` multiply-accumulates for ``rows`` input rows when computed
+in its compact form, and ``nbytes(itemsize)`` for the stored values plus the
+index tables that form needs. Matrices are out×in (``Layer.matrix()``): rows
+are output channels, columns the inputs (a convolution's C·KH·KW).
+
+    BlockColumnRow   bcr: per block of rows, the same number of whole columns and rows
+    Unstructured     any mask (stored as values + column indices + row pointers)
+    NM               n of every m consecutive inputs kept (2:4 …)
+    ChannelSubset    whole output channels and/or input channels kept
+    LowRankFactors   W ≈ U·V of rank r
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+INDEX_BYTES = 4  # int32 index tables
+
+
+def as_torch(array: np.ndarray) -> Any:
+    """A torch tensor sharing nothing with ``array`` (torch is imported lazily)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array).copy())
+
+
+class Structure:
+    """What every structure answers. Subclasses set ``shape`` (out, in)."""
+
+    shape: tuple[int, int]
+
+    def mask(self) -> np.ndarray:
+        """Boolean out×in: which weights the structure keeps."""
+        raise NotImplementedError
+
+    def mask_torch(self) -> Any:
+        return as_torch(self.mask())
+
+    def apply(self, matrix: np.ndarray) -> np.ndarray:
+        """``matrix`` with the weights outside the structure set to zero."""
+        return np.where(self.mask(), matrix, 0).astype(matrix.dtype)
+
+    def density(self) -> float:
+        return float(self.mask().mean())
+
+    def macs(self, rows: int = 1) -> int:
+        """Multiply-accumulates for ``rows`` input rows, computed in compact form."""
+        return int(self.mask().sum()) * rows
+
+    def nbytes(self, itemsize: int = 4) -> int:
+        """Bytes of the kept values plus the index tables of the compact form."""
+        raise NotImplementedError
+
+
+@dataclass
+class BlockColumnRow(Structure):
+    """bcr's structure (GRIM). Rows are cut into blocks of ``block``; ``cols[g]``
+    are the kept columns of block g (one shared row when every column is kept),
+    ``rows[b]`` the kept rows inside block b (0..block-1), both sorted.
+    The compact weight is nb×kc×rb, or in×(nb·rb) when the columns are shared."""
+
+    shape: tuple[int, int]
+    block: int
+    cols: np.ndarray
+    rows: np.ndarray
+
+    @property
+    def shared(self) -> bool:
+        return len(self.cols) == 1 and self.cols.shape[1] == self.shape[1]
+
+    @property
+    def keeps_all_rows(self) -> bool:
+        return self.rows.shape[1] == self.block
+
+    @property
+    def blocks(self) -> int:
+        return self.shape[0] // self.block
+
+    def out_rows(self) -> np.ndarray:
+        """nb×rb: the matrix row of every compact output channel."""
+        return self.rows + self.block * np.arange(self.blocks)[:, None]
+
+    def mask(self) -> np.ndarray:
+        m = np.zeros(self.shape, dtype=bool)
+        out = self.out_rows()
+        for b in range(self.blocks):
+            m[np.ix_(out[b], self.cols[0 if self.shared else b])] = True
+        return m
+
+    def compact(self, matrix: np.ndarray) -> np.ndarray:
+        """The kept weights as the rewritten program stores them."""
+        out = self.out_rows()
+        if self.shared:
+            return np.ascontiguousarray(matrix[out.reshape(-1)].T)  # in × nb·rb
+        return np.stack([matrix[np.ix_(out[b], self.cols[b])].T for b in range(self.blocks)])
+
+    def macs(self, rows: int = 1) -> int:
+        return self.blocks * self.cols.shape[1] * self.rows.shape[1] * rows
+
+    def nbytes(self, itemsize: int = 4) -> int:
+        # values, the kept columns per block (none when shared), a block and a position per output row
+        return self.macs() * itemsize + (0 if self.shared else self.cols.size * INDEX_BYTES) + 2 * self.shape[0] * INDEX_BYTES
+
+
+@dataclass
+class Unstructured(Structure):
+    """Any mask, costed as compressed sparse rows."""
+
+    keep: np.ndarray  # bool out×in
+
+    @property
+    def shape(self) -> tuple[int, int]:  # type: ignore[override]
+        return tuple(self.keep.shape)
+
+    @classmethod
+    def largest(cls, matrix: np.ndarray, density: float) -> "Unstructured":
+        """The ``density`` fraction of weights with the largest magnitude."""
+        return cls(unstructured_mask(matrix, density))
+
+    def mask(self) -> np.ndarray:
+        return self.keep
+
+    def nbytes(self, itemsize: int = 4) -> int:
+        nnz = int(self.keep.sum())
+        return nnz * (itemsize + INDEX_BYTES) + (self.shape[0] + 1) * INDEX_BYTES
+
+
+@dataclass
+class NM(Structure):
+    """``n`` of every ``m`` consecutive inputs kept in each row."""
+
+    n: int
+    m: int
+    keep: np.ndarray  # bool out×in
+
+    @property
+    def shape(self) -> tuple[int, int]:  # type: ignore[override]
+        return tuple(self.keep.shape)
+
+    @classmethod
+    def largest(cls, matrix: np.ndarray, n: int, m: int) -> "NM":
+        if matrix.shape[1] % m:
+            raise ValueError(f"N:M groups of m={m} do not fit {matrix.shape[1]} inputs")
+        return cls(n, m, nm_mask(matrix, n, m))
+
+    def mask(self) -> np.ndarray:
+        return self.keep
+
+    def nbytes(self, itemsize: int = 4) -> int:
+        kept = int(self.keep.sum())
+        return kept * itemsize + math.ceil(kept * math.ceil(math.log2(self.m)) / 8)  # ⌈log2 m⌉-bit position per value
+
+
+@dataclass
+class ChannelSubset(Structure):
+    """Whole output channels (rows) and input channels kept; an input channel
+    spans ``group`` consecutive columns (a convolution's KH·KW)."""
+
+    shape: tuple[int, int]
+    out_channels: np.ndarray  # kept rows, sorted
+    in_channels: np.ndarray  # kept input channels, sorted
+    group: int = 1
+
+    def columns(self) -> np.ndarray:
+        return (self.in_channels[:, None] * self.group + np.arange(self.group)).reshape(-1)
+
+    def mask(self) -> np.ndarray:
+        m = np.zeros(self.shape, dtype=bool)
+        m[np.ix_(self.out_channels, self.columns())] = True
+        return m
+
+    def compact(self, matrix: np.ndarray) -> np.ndarray:
+        return matrix[np.ix_(self.out_channels, self.columns())]
+
+    def macs(self, rows: int = 1) -> int:
+        return len(self.out_channels) * len(self.in_channels) * self.group * rows
+
+    def nbytes(self, itemsize: int = 4) -> int:
+        return self.macs() * itemsize  # a smaller dense weight: no index tables
+
+
+@dataclass
+class LowRankFactors(Structure):
+    """W ≈ U·V with U out×r and V r×in."""
+
+    u: np.ndarray
+    v: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:  # type: ignore[override]
+        return (self.u.shape[0], self.v.shape[1])
+
+    @property
+    def rank(self) -> int:
+        return self.u.shape[1]
+
+    def mask(self) -> np.ndarray:
+        return np.ones(self.shape, dtype=bool)  # dense: every weight is a sum of rank-1 terms
+
+    def factors(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.u, self.v
+
+    def factors_torch(self) -> tuple[Any, Any]:
+        return as_torch(self.u), as_torch(self.v)
+
+    def matrix(self) -> np.ndarray:
+        return (self.u.astype(np.float64) @ self.v.astype(np.float64)).astype(self.u.dtype)
+
+    def macs(self, rows: int = 1) -> int:
+        return self.rank * sum(self.shape) * rows
+
+    def nbytes(self, itemsize: int = 4) -> int:
+        return self.rank * sum(self.shape) * itemsize
+
+
+def unstructured_mask(v: np.ndarray, density: float) -> np.ndarray:
+    """The ``density`` fraction of entries of largest magnitude (at least one)."""
+    keep = max(1, round(density * v.size))
+    flat = np.abs(v).ravel()
+    mask = np.zeros(v.size, dtype=bool)
+    mask[np.argpartition(-flat, keep - 1)[:keep]] = True
+    return mask.reshape(v.shape)
+
+
+def nm_mask(v: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Per row, the ``n`` largest-magnitude entries of every ``m`` consecutive ones."""
+    rows, k = v.shape
+    groups = np.abs(v).reshape(rows, k // m, m)
+    order = np.argsort(-groups, axis=2, kind="stable")[:, :, :n]
+    mask = np.zeros_like(groups, dtype=bool)
+    np.put_along_axis(mask, order, True, axis=2)
+    return mask.reshape(rows, k)
