@@ -208,9 +208,10 @@ def build(out_dir: Path, force: bool = False) -> dict[str, Path]:
     return paths
 
 
-def build_multiscale(out_dir: Path, force: bool = False) -> dict[str, Path]:
+def build_multiscale(out_dir: Path, force: bool = False, epochs: int = 12) -> dict[str, Path]:
     """Train and save the multi-scale digits CNN and its calib/test data under
-    ``out_dir`` (skipped when all files exist, unless ``force``). Returns their paths."""
+    ``out_dir`` (skipped when all files exist, unless ``force``). Returns their paths.
+    Fewer ``epochs`` give a worse model quickly (tests)."""
     out_dir = Path(out_dir)
     paths = {"cnn": out_dir / "multiscale_cnn.pt2", "calib": out_dir / "multiscale_calib.npz", "test": out_dir / "multiscale_test.npz"}
     if not force and all(p.exists() for p in paths.values()):
@@ -222,7 +223,7 @@ def build_multiscale(out_dir: Path, force: bool = False) -> dict[str, Path]:
     torch.set_num_threads(1)
     try:
         torch.manual_seed(SEED)
-        model = train(MultiscaleCNN(), x, y, epochs=12, lr=3e-3, resolutions=MULTISCALE_TRAIN_RESOLUTIONS)
+        model = train(MultiscaleCNN(), x, y, epochs=epochs, lr=3e-3, resolutions=MULTISCALE_TRAIN_RESOLUTIONS)
     finally:
         torch.set_num_threads(threads)
     export(model, torch.from_numpy(data["calib"][0][:1]).clone(), paths["cnn"])

@@ -38,7 +38,8 @@ from optc.program import Program
 class DrnetOptions:
     resolutions: tuple[int, ...] = option((), "candidate square input sizes in pixels, e.g. 32,24,16 (at least two, the model's own size among them)")
     cost: tuple[float, ...] = option((0.05,), "one weight (× each resolution's MACs / the full MACs) or one cost per resolution (in the order given), traded against a wrong prediction costing 1")
-    predictor_size: int = option(8, "side of the downsampled image the predictor sees")
+    max_loss: float = option(0.005, "top-1 (or agreement, without labels) the choices may lose on --calib: the predictor's scores are shifted toward larger resolutions until they lose no more")
+    predictor_size: int = option(16, "side of the downsampled image the predictor sees")
     hidden: int = option(32, "hidden units of the predictor MLP")
     epochs: int = option(300, "full-batch Adam steps training the predictor")
     seed: int = option(0, "seed of the predictor's training")
@@ -50,6 +51,8 @@ class DrnetOptions:
             raise ValueError("resolutions must be positive integers")
         if len(self.cost) not in (1, len(self.resolutions)) or any(c < 0 for c in self.cost):
             raise ValueError(f"cost: one non-negative weight or one per resolution ({len(self.resolutions)}), got {len(self.cost)}")
+        if not 0 <= self.max_loss <= 1:
+            raise ValueError(f"max_loss={self.max_loss}: a fraction in [0, 1], e.g. 0.005 for half a point")
         if self.predictor_size <= 0 or self.hidden <= 0 or self.epochs <= 0:
             raise ValueError("predictor_size, hidden and epochs must be positive")
 
@@ -126,6 +129,22 @@ def train_predictor(features: np.ndarray, labels: np.ndarray, classes: int, hidd
     return Predictor(p(net[0].weight.T), p(net[0].bias), p(net[2].weight.T), p(net[2].bias))
 
 
+def shift_toward_larger(predictor: Predictor, features: np.ndarray, correct: np.ndarray, max_loss: float) -> Predictor:
+    """The predictor with score k raised by k·b for the smallest b ≥ 0 (on a grid)
+    whose choices on ``features`` keep top-1 within ``max_loss`` of always
+    choosing the full resolution (``correct``: (M, K), resolutions ascending)."""
+    h = np.maximum(features @ predictor.w1 + predictor.b1, 0)
+    scores = h @ predictor.w2 + predictor.b2
+    ramp = np.arange(correct.shape[1], dtype=np.float32)
+    full = correct[:, -1].mean()
+    spread = float(scores.max() - scores.min()) or 1.0
+    for b in np.linspace(0, spread, 201, dtype=np.float32):
+        choice = (scores + b * ramp).argmax(axis=1)
+        if correct[np.arange(len(choice)), choice].mean() >= full - max_loss:
+            return dataclasses.replace(predictor, b2=(predictor.b2 + b * ramp).astype(np.float32))
+    return dataclasses.replace(predictor, b2=(predictor.b2 + (spread + 1) * ramp).astype(np.float32))  # always full
+
+
 class DrnetReference:
     """The compressed reference of a drnet module, on the host: the predictor,
     then the original model at the chosen resolution. Records its choices."""
@@ -149,7 +168,7 @@ class Drnet(Method):
     def apply(self, program: Program, options: DrnetOptions, ctx: MethodContext) -> MethodResult:
         import torch
 
-        from optc.variants import lower_at_shapes, merge_variants, variant_name
+        from optc.variants import lower_at_shapes
         from optc.verify import with_weights
 
         if ctx.model is None or ctx.calibration is None:
@@ -189,13 +208,9 @@ class Drnet(Method):
         features = resize(x, options.predictor_size).reshape(len(x), -1).numpy().astype(np.float32)
         ctx.progress("drnet: training the predictor")
         predictor = train_predictor(features, labels, len(resolutions), options.hidden, options.epochs, options.seed)
+        predictor = shift_toward_larger(predictor, features, preds == target[:, None], options.max_loss)
 
-        names = [variant_name(p) for p in programs]
-        merged = merge_variants(programs, names)
-        _make_private(merged, names)
-        _append_dispatcher(merged, program.func_name, shape, resolutions, names, programs[-1], predictor, options.predictor_size)
-        program.module, program.params, program.origin = merged.module, merged.params, merged.origin
-        program.layer_shapes = dict(merged.layer_shapes)
+        build_module(program, programs, resolutions, predictor, options.predictor_size)
 
         predictor_macs = resize_macs(shape, options.predictor_size) + predictor.macs()
         per_res = {r: macs[i] + resize_macs(shape, r) for i, r in enumerate(resolutions)}
@@ -229,6 +244,22 @@ class Drnet(Method):
             }
 
         return MethodResult(self.name, [change], {}, reference_model=reference_model, evaluate=evaluate)
+
+
+def build_module(program: Program, variants: Sequence[Program], resolutions: Sequence[int], predictor: Predictor, predictor_size: int) -> None:
+    """Turn ``program`` into the dynamic module: ``variants`` (the backbone at each
+    of ``resolutions``, ascending) merged with shared weights and made private, and
+    a public function of ``program``'s name and signature that runs ``predictor`` and
+    switches among them."""
+    from optc.variants import merge_variants, variant_name
+
+    names = [variant_name(p) for p in variants]
+    merged = merge_variants(variants, names)
+    _make_private(merged, names)
+    shape = tuple(program.example_inputs[0].shape)
+    _append_dispatcher(merged, program.func_name, shape, resolutions, names, variants[-1], predictor, predictor_size)
+    program.module, program.params, program.origin = merged.module, merged.params, merged.origin
+    program.layer_shapes = dict(merged.layer_shapes)
 
 
 def backbone_module(model: Any) -> Any:
