@@ -13,9 +13,8 @@ Resizing is bilinear with antialiasing (PyTorch's ``interpolate``), written as
 two contractions with fixed matrices: out = Rₕ · x · Rᵥᵀ over the last two dims.
 
 The predictor is trained on ``--calib``: a sample's label is the resolution
-minimizing (1 if the model's prediction there is wrong, else 0) + cost, where
-wrong means "differs from the label" (or from the full-resolution prediction
-without labels) and cost is ``cost`` × the resolution's MACs / the full MACs
+minimizing (1 − the model's probability there of the label, or of its
+full-resolution prediction without labels) + cost, and cost is ``cost`` × the resolution's MACs / the full MACs
 (or one cost per resolution). A batch runs at the largest resolution any of its
 images asks for (the variants are compiled at the model's batch size).
 """
@@ -37,7 +36,7 @@ from optc.program import Program
 @dataclass
 class DrnetOptions:
     resolutions: tuple[int, ...] = option((), "candidate square input sizes in pixels, e.g. 32,24,16 (at least two, the model's own size among them)")
-    cost: tuple[float, ...] = option((0.05,), "one weight (× each resolution's MACs / the full MACs) or one cost per resolution (in the order given), traded against a wrong prediction costing 1")
+    cost: tuple[float, ...] = option((0.05,), "one weight (× each resolution's MACs / the full MACs) or one cost per resolution (in the order given), traded against the expected error 1 − p(label) at that resolution")
     max_loss: float = option(0.005, "top-1 (or agreement, without labels) the choices may lose on --calib: the predictor's scores are shifted toward larger resolutions until they lose no more")
     predictor_size: int = option(16, "side of the downsampled image the predictor sees")
     hidden: int = option(32, "hidden units of the predictor MLP")
@@ -199,9 +198,12 @@ class Drnet(Method):
         samples = ctx.calibration.samples
         x = torch.from_numpy(samples.inputs[0])
         ctx.progress("drnet: the model's predictions at each resolution")
-        preds = np.stack([_predict(backbone, resize(x, r)) for r in resolutions], axis=1)  # (M, K)
+        probs = np.stack([_probabilities(backbone, resize(x, r)) for r in resolutions], axis=1)  # (M, K, classes)
+        preds = probs.argmax(axis=2)
         target = samples.labels if samples.labels is not None else preds[:, -1]
-        wrong = (preds != target[:, None]).astype(np.float64)
+        # expected error (1 - the target's probability), not 0/1: a sample the model
+        # barely gets right at a low resolution goes higher (calib is often training data)
+        wrong = 1.0 - probs[np.arange(len(target)), :, target]
         costs = np.array([options.cost[0] * m / macs[-1] for m in macs] if len(options.cost) == 1
                          else [options.cost[list(options.resolutions).index(r)] for r in resolutions])
         labels = np.argmin(wrong + costs[None, :], axis=1)  # ties -> the smaller resolution
@@ -274,12 +276,12 @@ def backbone_module(model: Any) -> Any:
     return module
 
 
-def _predict(module: Any, x: Any) -> np.ndarray:
-    """Top-1 of ``module`` one sample at a time (exported graphs fix the batch size)."""
+def _probabilities(module: Any, x: Any) -> np.ndarray:
+    """Softmax of ``module``'s logits, one sample at a time (exported graphs fix the batch size)."""
     import torch
 
     with torch.no_grad():
-        return np.array([int(module(x[i:i + 1]).argmax()) for i in range(len(x))])
+        return np.concatenate([torch.softmax(module(x[i:i + 1]).reshape(1, -1), dim=1).numpy() for i in range(len(x))])
 
 
 def _shares(indices: np.ndarray, resolutions: Sequence[int]) -> dict[str, float]:
