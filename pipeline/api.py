@@ -22,7 +22,10 @@ from optc.errors import OptionError, UnknownNameError
 if TYPE_CHECKING:
     import numpy as np
 
-    from optc.calibration import Calibration
+    import torch
+
+    from optc.calibration import Calibration, Samples
+    from optc.load import Model
     from optc.program import Layer, LayerRewriter, Program
     from optc.storage import Layout
     from optc.structures import Structure
@@ -114,6 +117,12 @@ class MethodResult:
     method: str
     changes: list[LayerChange] = field(default_factory=list)
     reference_weights: dict[str, "np.ndarray"] = field(default_factory=dict)
+    # A method whose program decides at run time (drnet) is not the model with other
+    # weights: it gives its host re-implementation instead, built from the merged
+    # reference weights; optc verifies the artifact and evaluates against it.
+    reference_model: "Callable[[dict[str, np.ndarray]], torch.nn.Module] | None" = None
+    # Extra numbers on the --eval samples for the report's accuracy section (keyed by the method's name).
+    evaluate: "Callable[[Samples], dict[str, Any]] | None" = None
 
 
 def _quiet(message: str) -> None:
@@ -127,6 +136,7 @@ class MethodContext:
     calibration: "Calibration | None" = None  # from --calib: per-layer input statistics
     dump_dir: Path | None = None
     progress: Callable[[str], None] = _quiet  # one short line per step (a terminal shows the latest)
+    model: "Model | None" = None  # the loaded PyTorch model, for methods that re-lower it at other shapes
 
 
 @dataclass

@@ -193,7 +193,7 @@ def compile_model(
     samples = load_samples(calib, examples, "--calib", index_ranges=ranges) if calib is not None else None
     evaluation = load_samples(eval_data, examples, "--eval", need_labels=True, index_ranges=ranges) if eval_data is not None else None
     program = original.clone()
-    ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir, progress=progress)
+    ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir, progress=progress, model=loaded)
     results = apply_methods(program, sel.methods, ctx, progress=log)
     annotate(program, describe(model_spec, loaded, original, program, sel, labels))  # the artifact describes itself
     runnable, why = sel.target.runs_here(sel.target_options)
@@ -215,13 +215,18 @@ def compile_model(
     session = sel.target.open(checked.vmfb, checked_options)
     outputs = session(*program.example_inputs)
     reference = merged_reference_weights(results)
-    check = verify(loaded.module, reference, outputs, program.example_inputs, tolerance if tolerance is not None else DEFAULT_TOLERANCE)
+    dynamic = [r.reference_model for r in results if r.reference_model is not None]
+    reference_module = dynamic[-1](reference) if dynamic else None
+    check = verify(loaded.module, reference, outputs, program.example_inputs, tolerance if tolerance is not None else DEFAULT_TOLERANCE, reference_module)
     if not check.passed:
         raise VerifyError(
             f"the artifact differs from the compressed reference: max relative error "
             f"{check.compile_error.max_rel:.3g} > tolerance {check.tolerance:g} (raise it with --tolerance)"
         )
-    accuracy = _accuracy(loaded.module, reference, session, evaluation, len(examples[0])) if evaluation is not None else None
+    accuracy = _accuracy(loaded.module, reference, session, evaluation, len(examples[0]), reference_module) if evaluation is not None else None
+    for r in results:
+        if accuracy is not None and r.evaluate is not None:
+            accuracy[r.method] = r.evaluate(evaluation)
     calibration = {"path": str(calib), "samples": len(samples)} if samples is not None else None
     return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with, calibration, accuracy)
 
@@ -233,14 +238,14 @@ def _host_runner(program: Any) -> Callable[..., list[np.ndarray]]:
     return cpu.open(cpu.compile(program, options).vmfb, options)
 
 
-def _accuracy(module: Any, reference: dict[str, np.ndarray], session: Any, samples: Any, batch: int) -> dict[str, Any]:
+def _accuracy(module: Any, reference: dict[str, np.ndarray], session: Any, samples: Any, batch: int, reference_module: Any = None) -> dict[str, Any]:
     """Top-1 of the original model and the compressed reference (PyTorch eager) and
     of the artifact, on the labelled ``samples``."""
     from optc.calibration import top1
     from optc.verify import eager_outputs, with_weights
 
     log(f"evaluating top-1 on {len(samples)} samples")
-    compressed = with_weights(module, reference)
+    compressed = reference_module if reference_module is not None else with_weights(module, reference)
     batches = -(-len(samples) // batch)
 
     def counted(what: str, predict: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[[list[np.ndarray]], np.ndarray]:

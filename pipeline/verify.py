@@ -109,9 +109,15 @@ def verify(
     compiled_outputs: Sequence[np.ndarray],
     inputs: Sequence[np.ndarray],
     tolerance: float = DEFAULT_TOLERANCE,
+    reference_module: "torch.nn.Module | None" = None,
 ) -> Verification:
+    """``reference_module``, when given, is the compressed reference itself (a
+    method's host re-implementation, e.g. drnet's run-time choice)."""
     original = eager_outputs(module, inputs)
-    reference = eager_outputs(with_weights(module, reference_weights), inputs) if reference_weights else original
+    if reference_module is not None:
+        reference = eager_outputs(reference_module, inputs)
+    else:
+        reference = eager_outputs(with_weights(module, reference_weights), inputs) if reference_weights else original
     return Verification(
         compile_error=compare(compiled_outputs, reference),
         compression_error=compare(reference, original),

@@ -61,3 +61,11 @@ def vulkan_or_skip() -> None:
     ok, reason = VulkanTarget().available()
     if not ok:
         pytest.skip(f"no Vulkan device: {reason}")
+
+
+@pytest.fixture(scope="session")
+def multiscale_digits(tmp_path_factory) -> dict[str, Path]:
+    """The multi-scale digits CNN (.pt2, briefly trained: fast, not accurate) and its calib/test .npz."""
+    from examples.digits import build_multiscale
+
+    return build_multiscale(tmp_path_factory.mktemp("multiscale"), epochs=1)
