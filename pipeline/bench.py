@@ -363,8 +363,9 @@ def format_table(bench: dict[str, Any]) -> str:
     if "compressed_vs_dense" in sp:
         lines.append(f"compressed vs dense       {sp['compressed_vs_dense']:.2f}x")
         lines.append(f"compressed vs eager       {sp['compressed_vs_eager']:.2f}x")
-        lines.append(f"FLOP reduction            {bench['flop_reduction']:.2f}x")
-        lines.append(f"realized efficiency       {bench['realized_efficiency']:.2f}  (speedup ÷ FLOP reduction)")
+        if bench["flop_reduction"] is not None:  # None: a program that picks a variant per input at run time
+            lines.append(f"FLOP reduction            {bench['flop_reduction']:.2f}x")
+            lines.append(f"realized efficiency       {bench['realized_efficiency']:.2f}  (speedup ÷ FLOP reduction)")
     p, a = bench["params"], bench["artifact_bytes"]
     if "compressed" in p:
         lines.append(f"parameters                {p['dense']:,} -> {p['compressed']:,}")

@@ -258,7 +258,7 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
         "latency_ms": latency,
         "speedup": sp,
         "flop_reduction": flop_reduction,
-        "realized_efficiency": sp["compressed_vs_dense"] / flop_reduction if compressed is not None else None,
+        "realized_efficiency": sp["compressed_vs_dense"] / flop_reduction if compressed is not None and flop_reduction else None,
         "params": {"dense": dense.program.total_params(), **({"compressed": compressed.program.total_params()} if compressed else {})},
         "artifact_bytes": {"dense": len(dense.artifact.vmfb), **({"compressed": len(compressed.artifact.vmfb)} if compressed else {})},
     }
@@ -312,11 +312,7 @@ def _print_summary(report: dict) -> None:
             click.echo("FLOPs(MAC) 0: the model has no contractions")
     else:
         click.echo(f"params     {t['params_before']:,} -> {t['params_after']:,}; weights {_megabytes(t['param_bytes_before'])} (dense) -> {_megabytes(t['param_bytes_after'])}")
-        if t["flop_reduction"] is None:
-            fewer = "no contractions left"
-        else:
-            fewer = f"{t['flop_reduction']:.2f}x fewer" if t["macs_after"] != t["macs_before"] else "unchanged"
-        click.echo(f"FLOPs(MAC) {t['macs_before']:,} -> {t['macs_after']:,} ({fewer})")
+        click.echo(f"FLOPs(MAC) {_macs_line(t)}")
     with_what = v.get("verified_with", "the artifact itself")
     checked, _, not_run = ("artifact", "", "") if with_what == "the artifact itself" else with_what.partition("; ")
     click.echo(
@@ -545,8 +541,19 @@ def _inspect_artifact(path: Path) -> None:
         click.echo(f"method     {m['name']} {_fmt_options(m['options'])}")
     t = info["totals"]
     click.echo(f"params     {t['params_before']:,} -> {t['params_after']:,} ({t['param_bytes_before']:,} -> {t['param_bytes_after']:,} bytes)")
-    reduction = f" ({t['flop_reduction']:.2f}x fewer)" if t.get("flop_reduction") else ""
-    click.echo(f"FLOPs(MAC) {t['macs_before']:,} -> {t['macs_after']:,}{reduction}")
+    click.echo(f"FLOPs(MAC) {_macs_line(t)}")
+
+
+def _macs_line(t: dict) -> str:
+    """MACs before -> after: a range for a program that picks a variant per input at run time."""
+    if "dynamic" in t:
+        d = t["dynamic"]
+        return (f"{t['macs_before']:,} -> {d['macs_min']:,} .. {d['macs_max']:,} per run, chosen per input at run time "
+                f"({len(d['callee_macs'])} variants; the average on --eval is in the report's accuracy section)")
+    if t["flop_reduction"] is None:
+        return f"{t['macs_before']:,} -> {t['macs_after']:,} (no contractions left)"
+    fewer = f"{t['flop_reduction']:.2f}x fewer" if t["macs_after"] != t["macs_before"] else "unchanged"
+    return f"{t['macs_before']:,} -> {t['macs_after']:,} ({fewer})"
 
 
 def _fmt_options(options: dict) -> str:

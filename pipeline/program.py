@@ -12,6 +12,8 @@ factorization literature (ResNet-50 = 4.1 GFLOPs).
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import re
 from dataclasses import dataclass, field
@@ -381,9 +383,25 @@ class Program:
                 return op
         raise KeyError(f"no constant holds parameter {param!r}")
 
+    def callees(self) -> list[str]:
+        """The functions this program's function calls (a module holding variants
+        chosen at run time, e.g. drnet's resolutions), in order of first call."""
+        names: list[str] = []
+        for op in _walk(self.func):
+            if op.name == "func.call":
+                callee = ir.FlatSymbolRefAttr(op.attributes["callee"]).value
+                if callee not in names:
+                    names.append(callee)
+        return names
+
+    def function(self, name: str) -> "Program":
+        """A view of function ``name`` of the same module (shared params), for counting."""
+        return dataclasses.replace(self, func_name=name)
+
     def referenced_params(self) -> list[str]:
+        """Parameters some function of the module reads (variants share one copy)."""
         names = []
-        for op in self.ops():
+        for op in _walk(self.module.operation):
             if op.name == "arith.constant":
                 name = resource_name(op.attributes["value"])
                 if name is not None and name in self.params:
@@ -581,6 +599,15 @@ class Layer:
     def layout(self) -> storage.Layout:
         """How the parameter lays out the out×in matrix (for ``storage.store``)."""
         return storage.Layout(self._view_to_param)
+
+
+def _walk(root: ir.Operation) -> Iterator[ir.Operation]:
+    """Every op nested in ``root`` (regions of scf.if, other functions …), pre-order."""
+    for region in root.regions:
+        for block in region.blocks:
+            for op in block.operations:
+                yield op.operation
+                yield from _walk(op.operation)
 
 
 def _torch_mlir_context() -> ir.Context:

@@ -78,6 +78,17 @@ def totals(before: Program, after: Program) -> dict[str, Any]:
     wb = sum(s.macs for s in before.layer_stats().values())
     wa = sum(s.macs for s in after.layer_stats().values())
     mb, ma = before.contraction_macs(), after.contraction_macs()
+    dynamic = None
+    if after.callees():  # a variant is chosen per input at run time: no single MAC count
+        own = ma
+        per_callee = {name: after.function(name).contraction_macs() for name in after.callees()}
+        dynamic = {
+            "callee_macs": per_callee,
+            "macs_min": own + min(per_callee.values()),
+            "macs_max": own + max(per_callee.values()),
+            "note": "the program picks a callee per input at run time; its average MACs are measured on --eval data",
+        }
+        ma = wa = None
     return {
         "params_before": before.total_params(),
         "params_after": after.total_params(),
@@ -88,7 +99,17 @@ def totals(before: Program, after: Program) -> dict[str, Any]:
         "weighted_macs_before": wb,
         "weighted_macs_after": wa,
         "flop_reduction": mb / ma if ma else None,
+        **({"dynamic": dynamic} if dynamic else {}),
     }
+
+
+def _largest_callee(program: Program) -> Program:
+    """What the per-layer rows describe: the program itself, or for one that picks a
+    callee per input at run time, its most expensive callee."""
+    callees = program.callees()
+    if not callees:
+        return program
+    return max((program.function(n) for n in callees), key=lambda p: p.contraction_macs())
 
 
 def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
@@ -110,7 +131,7 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
             {"name": m.name, "options": options_dict(o), "changes": [ch.as_dict() for ch in r.changes]}
             for (m, o), r in zip(c.selection.methods, c.results)
         ],
-        "layers": layer_rows(c.original.layer_stats(), c.program.layer_stats(), c.results),
+        "layers": layer_rows(c.original.layer_stats(), _largest_callee(c.program).layer_stats(), c.results),
         "totals": totals(c.original, c.program),
         "verification": verification,
         "artifact": {"path": artifact_path, "bytes": len(c.artifact.vmfb), "compile_seconds": c.artifact.compile_seconds},

@@ -214,4 +214,15 @@ def test_e2e_multiscale_digits_reports_shares(tmp_path, multiscale_digits):
     assert 0 < drnet["macs_per_image"] <= drnet["full_resolution_macs_per_image"] + report["methods"][0]["changes"][0]["details"]["predictor_macs"]
     # the artifact's top-1 is the host re-implementation's (same choices, same backbone)
     assert report["accuracy"]["artifact"] == report["accuracy"]["compressed_reference"]
+    # totals count the variants the switch calls, each shared weight once, and give a
+    # MAC range instead of one number (the public function alone has only the predictor)
+    t = report["totals"]
+    added = report["methods"][0]["changes"][0]["details"]["predictor_macs"] + 10**4  # predictor + resize matrices, not 3 backbones
+    assert t["params_before"] <= t["params_after"] <= t["params_before"] + added
+    assert t["macs_after"] is None and t["flop_reduction"] is None
+    d = t["dynamic"]
+    assert len(d["callee_macs"]) == 3 and d["macs_min"] < d["macs_max"]
+    assert d["macs_max"] >= t["macs_before"]  # the full-resolution variant plus the predictor
+    assert {r["layer"]: r["macs_after"] for r in report["layers"]} == {r["layer"]: r["macs_before"] for r in report["layers"]}
+    assert "chosen per input at run time" in proc.stdout and "Traceback" not in proc.stderr
 
