@@ -338,6 +338,37 @@ def speedups(latency: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def simulated_comparison(dense: Mapping[str, Any], compressed: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The bench report's ``simulation`` section from two compile reports (or
+    their targets' extra sections) that carry a ``simulation`` one: totals of
+    each, the speedup in simulated cycles, and cycles per original layer (the
+    rows of a layer summed: a factor chain or a partition is several ops; rows
+    with no layer under their op name). None where the target simulates nothing."""
+    sims = {"dense": dense.get("simulation"), "compressed": compressed.get("simulation") if compressed is not None else None}
+    sims = {name: s for name, s in sims.items() if isinstance(s, Mapping)}
+    if "dense" not in sims:
+        return None
+    out: dict[str, Any] = {name: {k: s["totals"][k] for k in ("cycles", "seconds")} for name, s in sims.items()}
+    if "compressed" in out and out["compressed"]["cycles"] > 0:
+        out["speedup"] = out["dense"]["cycles"] / out["compressed"]["cycles"]
+    per_layer: dict[str, dict[str, Any]] = {}
+    for name, s in sims.items():
+        for layer, cycles in layer_cycles(s).items():
+            per_layer.setdefault(layer, {"layer": layer, **{f"{n}_cycles": 0 for n in sims}})[f"{name}_cycles"] = cycles
+    out["per_layer"] = list(per_layer.values())
+    return out
+
+
+def layer_cycles(simulation: Mapping[str, Any]) -> dict[str, float]:
+    """Simulated cycles per original layer, in program order: the rows of a
+    layer summed, rows with no layer under their op name."""
+    out: dict[str, float] = {}
+    for row in simulation["layers"]:
+        layer = row.get("layer") or row.get("op", "?")
+        out[layer] = out.get(layer, 0) + row["cycles"]
+    return out
+
+
 LABELS = {"eager": "torch eager", "dense": "IREE dense", "compressed": "IREE compr."}
 
 
@@ -373,6 +404,24 @@ def format_table(bench: dict[str, Any]) -> str:
     else:
         lines.append(f"parameters                {p['dense']:,}")
         lines.append(f"artifact bytes            {a['dense']:,}")
+    sim = bench.get("simulation")
+    if sim:
+        lines += ["", _simulation_table(sim)]
+    return "\n".join(lines)
+
+
+def _simulation_table(sim: Mapping[str, Any]) -> str:
+    """Simulated cycles per layer and in total, dense and (if any) compressed."""
+    names = [n for n in ("dense", "compressed") if n in sim]
+    lines = [f"simulated accelerator     {' vs '.join(names)}"]
+    lines.append(f"{'layer':32}" + "".join(f"{n + ' cycles':>20}" for n in names))
+    for row in sim["per_layer"]:
+        layer = row["layer"] if len(row["layer"]) <= 31 else "…" + row["layer"][-30:]
+        lines.append(f"{layer:32}" + "".join(f"{row[n + '_cycles']:>20,}" for n in names))
+    lines.append(f"{'total':32}" + "".join(f"{sim[n]['cycles']:>20,}" for n in names))
+    lines.append(f"{'time (ms)':32}" + "".join(f"{sim[n]['seconds'] * 1e3:>20.4f}" for n in names))
+    if "speedup" in sim:
+        lines.append(f"simulated speedup         {sim['speedup']:.2f}x  (dense cycles ÷ compressed cycles)")
     return "\n".join(lines)
 
 

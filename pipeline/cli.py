@@ -195,7 +195,8 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     """Measure PyTorch eager, the dense IREE compile and the compressed IREE compile
     of MODEL side by side (each in its own process with its defaults, same
     threads, interleaved rounds), and print latency medians, speedups, FLOP
-    reduction and realized efficiency.
+    reduction and realized efficiency. On a simulating target (--target sim)
+    it also compares dense and compressed in simulated cycles, per layer.
 
     \b
     Example:
@@ -205,7 +206,9 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     import dataclasses
 
     from optc.api import parse_assignments
-    from optc.bench import BURST, OtherLoad, artifact_worker, eager_mismatch, eager_worker, format_table, speedups, time_interleaved
+    from optc.bench import (
+        BURST, OtherLoad, artifact_worker, eager_mismatch, eager_worker, format_table, simulated_comparison, speedups, time_interleaved,
+    )
     from optc.driver import compile_model, load_and_lower, log, select
     from optc.errors import TargetUnavailableError
     from optc.report import compile_report, write_json_atomic
@@ -262,6 +265,9 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
         "params": {"dense": dense.program.total_params(), **({"compressed": compressed.program.total_params()} if compressed else {})},
         "artifact_bytes": {"dense": len(dense.artifact.vmfb), **({"compressed": len(compressed.artifact.vmfb)} if compressed else {})},
     }
+    simulated = simulated_comparison(dense.artifact.extra_report, compressed.artifact.extra_report if compressed else None)
+    if simulated is not None:
+        report["bench"]["simulation"] = simulated
     click.echo(format_table(report["bench"]))
     if json_out is not None:
         write_json_atomic(json_out, report)

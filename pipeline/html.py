@@ -6,8 +6,10 @@ and MACs before/after, FLOP reduction, verification; for bench reports the
 latencies, speedups, realized efficiency and artifact sizes), the per-layer
 table, and plots drawn with matplotlib (Agg backend, imported lazily) and
 inlined as base64 ``data:image/svg+xml`` URIs: MACs per layer (``#plot-macs``),
-parameters per layer (``#plot-params``) and, for bench reports, latency
-(``#plot-latency``).
+parameters per layer (``#plot-params``), for bench reports latency
+(``#plot-latency``), and for reports with a ``simulation`` section (a simulating
+target such as ``sim``) simulated cycles per layer (``#plot-cycles``: one series
+for a compile report, dense vs compressed for a bench report).
 
 Nothing is fetched from anywhere: no CDN, no web fonts, no external images. A
 Content-Security-Policy ``<meta>`` (``default-src 'none'; img-src data:;
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["render_html", "PLOT_IDS"]
 
 # Ids of the <img> elements the page can hold, in page order.
-PLOT_IDS = ("plot-macs", "plot-params", "plot-latency")
+PLOT_IDS = ("plot-macs", "plot-params", "plot-latency", "plot-cycles")
 
 LATENCY_VARIANTS = ("eager", "dense", "compressed")
 SPEEDUPS = ("compressed_vs_dense", "compressed_vs_eager", "dense_vs_eager")
@@ -258,6 +260,14 @@ def _bench_section(bench: Mapping[str, Any]) -> str:
     ab = _dict(bench.get("artifact_bytes"))
     if ab:
         rows.append(("Artifact size (dense → compressed)", f"{_bytes(ab.get('dense'))} → {_bytes(ab.get('compressed'))}"))
+    sim = _dict(bench.get("simulation"))
+    if sim:
+        dense, compressed = _dict(sim.get("dense")), _dict(sim.get("compressed"))
+        rows.append(("Simulated cycles (dense → compressed)", _before_after(dense.get("cycles"), compressed.get("cycles"))))
+        ms = lambda t: _num(t.get("seconds") * 1e3, 4) + " ms" if _is_num(t.get("seconds")) else "—"  # noqa: E731
+        rows.append(("Simulated time (dense → compressed)", f"{ms(dense)} → {ms(compressed)}"))
+        if "speedup" in sim:
+            rows.append(("Simulated speedup compressed vs dense", _ratio(sim.get("speedup"))))
     if rows:
         parts.append(_table(rows))
     return "\n".join(parts)
@@ -319,18 +329,24 @@ def _value(v: Any) -> float:
 
 
 def _layer_bars(plt: Any, layers: Sequence[Mapping[str, Any]], key: str, xlabel: str, title: str) -> str:
-    import numpy as np
-
-    names = [_plain(r.get("layer", "?")) for r in layers]
+    names = [r.get("layer", "?") for r in layers]
     before = [_value(r.get(f"{key}_before")) for r in layers]
     after = [_value(r.get(f"{key}_after")) for r in layers]
+    return _grouped_bars(plt, names, [("before", before, "#9e9e9e"), ("after", after, "#1f77b4")], xlabel, title)
+
+
+def _grouped_bars(plt: Any, layers: Sequence[Any], series: Sequence[tuple[str, Sequence[float], str]], xlabel: str, title: str) -> str:
+    """Horizontal bars per layer, one bar per (label, values, color) series side by side."""
+    import numpy as np
+
+    names = [_plain(layer) for layer in layers]
     n = len(names)
     y = np.arange(n)
     fig, ax = plt.subplots(figsize=(8.0, max(2.4, 0.42 * n + 1.3)))
     try:
-        h = 0.4
-        ax.barh(y - h / 2, before, height=h, label="before", color="#9e9e9e")
-        ax.barh(y + h / 2, after, height=h, label="after", color="#1f77b4")
+        h = 0.8 / len(series)
+        for i, (label, values, color) in enumerate(series):
+            ax.barh(y + (i - (len(series) - 1) / 2) * h, values, height=h, label=label, color=color)
         ax.set_yticks(y, labels=names)
         ax.set_ylim(n - 0.5, -0.5)  # first layer at the top, like the table
         ax.set_xlabel(xlabel)
@@ -338,7 +354,8 @@ def _layer_bars(plt: Any, layers: Sequence[Mapping[str, Any]], key: str, xlabel:
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
         ax.grid(axis="x", color="#e5e5e5")
         ax.set_axisbelow(True)
-        ax.legend(loc="best", frameon=False)
+        if len(series) > 1:
+            ax.legend(loc="best", frameon=False)
         return _figure_uri(fig)
     finally:
         plt.close(fig)
@@ -407,7 +424,34 @@ def _plots(report: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> li
             if drawn:
                 uri, whiskers = drawn
                 out.append(("plot-latency", f"Latency in milliseconds (median, whiskers {whiskers}) for eager, dense and compressed", uri))
+        cycles = _cycle_bars(plt, report)
+        if cycles:
+            out.append(cycles)
     return out
+
+
+def _cycle_bars(plt: Any, report: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """Simulated cycles per layer: dense vs compressed from a bench report's
+    ``bench.simulation``, else the one program of a report's ``simulation``."""
+    from optc.bench import layer_cycles
+
+    compared = _dict(_dict(report.get("bench")).get("simulation"))
+    rows = [r for r in _list(compared.get("per_layer")) if isinstance(r, Mapping)]
+    if rows:
+        names = [n for n in ("dense", "compressed") if rows and f"{n}_cycles" in rows[0]]
+        colors = {"dense": "#9e9e9e", "compressed": "#1f77b4"}
+        series = [(n, [_value(r.get(f"{n}_cycles")) for r in rows], colors[n]) for n in names]
+        layers = [r.get("layer", "?") for r in rows]
+        alt = f"Simulated cycles per layer, {' vs '.join(names)}"
+    else:
+        sim_rows = [r for r in _list(_dict(report.get("simulation")).get("layers")) if isinstance(r, Mapping) and _is_num(r.get("cycles"))]
+        if not sim_rows:
+            return None
+        per_layer = layer_cycles({"layers": sim_rows})
+        layers, series = list(per_layer), [("cycles", [_value(c) for c in per_layer.values()], "#1f77b4")]
+        alt = "Simulated cycles per layer"
+    uri = _grouped_bars(plt, layers, series, "simulated cycles", "Simulated cycles per layer")
+    return "plot-cycles", alt, uri
 
 
 # ---------------------------------------------------------------- page

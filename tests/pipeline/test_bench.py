@@ -3,13 +3,14 @@ each runner in its own worker process."""
 
 import json
 import os
+import re
 import statistics
 
 import numpy as np
 import pytest
 import torch
 
-from optc.bench import BURST, OtherLoad, Timing, artifact_worker, eager_mismatch, eager_worker, format_table, rebatch, speedups, time_interleaved
+from optc.bench import BURST, OtherLoad, Timing, artifact_worker, eager_mismatch, eager_worker, format_table, rebatch, simulated_comparison, speedups, time_interleaved
 from optc.errors import InputError, LoadError
 from tests.conftest import REPO, lowered, optc_cli, vulkan_or_skip
 
@@ -221,3 +222,55 @@ def test_bench_bad_input_is_one_clean_line(args, message, tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == f"optc: error: {message}" or message in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def simulated(rows: list[tuple[str | None, str, int]], clock_mhz: float = 500.0) -> dict:
+    """A compile report with a target's ``simulation`` section of (layer, op, cycles) rows."""
+    layers = [{"layer": layer, "op": op, "cycles": c, "compute_cycles": c, "interconnect_cycles": 0} for layer, op, c in rows]
+    total = sum(c for _, _, c in rows)
+    return {"kind": "compile", "simulation": {"layers": layers, "totals": {"cycles": total, "seconds": total / (clock_mhz * 1e6)}}}
+
+
+def test_bench_simulation_sums_each_layers_ops_and_compares_totals():
+    dense = simulated([("fc1.weight", "linalg.matmul", 4000), ("fc2.weight", "linalg.matmul", 3000), (None, "linalg.batch_matmul", 500)])
+    # lowrank made fc1 a factor chain of two matmuls; fc2 kept
+    compressed = simulated([("fc1.weight", "linalg.matmul", 900), ("fc1.weight", "linalg.matmul", 700),
+                            ("fc2.weight", "linalg.matmul", 3000), (None, "linalg.batch_matmul", 500)])
+    sim = simulated_comparison(dense, compressed)
+    assert sim["dense"] == {"cycles": 7500, "seconds": pytest.approx(7500 / 500e6)}
+    assert sim["compressed"] == {"cycles": 5100, "seconds": pytest.approx(5100 / 500e6)}
+    assert sim["speedup"] == pytest.approx(7500 / 5100)
+    assert sim["per_layer"] == [
+        {"layer": "fc1.weight", "dense_cycles": 4000, "compressed_cycles": 1600},
+        {"layer": "fc2.weight", "dense_cycles": 3000, "compressed_cycles": 3000},
+        {"layer": "linalg.batch_matmul", "dense_cycles": 500, "compressed_cycles": 500},
+    ]
+    table = format_table({
+        "batch": 4, "threads": 1, "rounds": 2, "timing": {}, "latency_ms": {}, "speedup": {"dense_vs_eager": 1.0},
+        "params": {"dense": 1}, "artifact_bytes": {"dense": 1}, "simulation": sim,
+    })
+    assert "simulated speedup         1.47x" in table
+    assert re.search(r"fc1\.weight +4,000 +1,600\n", table) and re.search(r"total +7,500 +5,100\n", table)
+    assert "time (ms)" in table and f"{7500 / 500e6 * 1e3:.4f}" in table
+
+
+def test_bench_simulation_only_where_the_target_simulates():
+    assert simulated_comparison({"kind": "compile"}, {"kind": "compile"}) is None
+    dense_only = simulated_comparison(simulated([("fc1.weight", "linalg.matmul", 10)]), None)  # no --plugins
+    assert "compressed" not in dense_only and "speedup" not in dense_only
+    assert dense_only["per_layer"] == [{"layer": "fc1.weight", "dense_cycles": 10}]
+
+
+def test_bench_on_sim_compares_simulated_cycles(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = optc_cli(
+        "bench", "examples.models:mlp", "--target", "sim", "--plugins", "lowrank", "--opt", "lowrank.rank=16",
+        "--threads", "1", "--min-rounds", "2", "--min-seconds", "0", "--json", str(out), check=True,
+    )
+    report = json.loads(out.read_text())
+    sim = report["bench"]["simulation"]
+    assert sim["speedup"] == pytest.approx(sim["dense"]["cycles"] / sim["compressed"]["cycles"]) and sim["speedup"] > 1
+    assert sim["compressed"]["cycles"] == report["simulation"]["totals"]["cycles"]  # the compressed compile's own section
+    assert sum(r["compressed_cycles"] for r in sim["per_layer"]) == sim["compressed"]["cycles"]
+    assert set(report["bench"]["latency_ms"]) == {"eager", "dense", "compressed"}  # CPU timings as before
+    assert "simulated speedup" in proc.stdout and format_table(report["bench"]) in proc.stdout

@@ -331,3 +331,68 @@ def test_calibration_and_accuracy_are_in_the_summary():
     assert "1,024 samples" in page
     assert "original 98.61% → compressed reference 98.33% → artifact 98.33%" in page
     assert "360 samples of test.npz" in page
+
+
+# ------------------------------------------------------------ simulated cycles
+
+
+def with_simulation(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as a simulating target (sim) writes it: fc1 a factor chain of two ops, one op without a layer."""
+    rows = [("fc1.weight", "linalg.matmul", 1200), ("fc1.weight", "linalg.matmul", 800), (None, "linalg.batch_matmul", 300)]
+    report["simulation"] = {
+        "layers": [{"layer": layer, "op": op, "cycles": c} for layer, op, c in rows],
+        "totals": {"cycles": 2300, "seconds": 2300 / 500e6},
+    }
+    if report["kind"] == "bench":
+        report["bench"]["simulation"] = {
+            "dense": {"cycles": 7300, "seconds": 7300 / 500e6}, "compressed": {"cycles": 2300, "seconds": 2300 / 500e6},
+            "speedup": 7300 / 2300,
+            "per_layer": [{"layer": "fc1.weight", "dense_cycles": 7000, "compressed_cycles": 2000},
+                          {"layer": "linalg.batch_matmul", "dense_cycles": 300, "compressed_cycles": 300}],
+        }
+    return report
+
+
+def cycle_axes(monkeypatch, report: dict[str, Any]) -> tuple[Any, str]:
+    """The simulated-cycles chart's axes as drawn by render_html, and the page."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
+    page = render_html(report)
+    monkeypatch.setattr(plt, "close", close)
+    (ax,) = [f.axes[0] for f in figures if f.axes[0].get_title() == "Simulated cycles per layer"]
+    for fig in figures:
+        close(fig)
+    return ax, page
+
+
+def bars(ax: Any) -> dict[str, list[float]]:
+    """Bar widths (cycles) per series label, layers in order."""
+    return {c.get_label(): [p.get_width() for p in c.patches] for c in ax.containers}
+
+
+def test_compile_report_with_simulation_plots_cycles_per_layer(monkeypatch):
+    ax, page = cycle_axes(monkeypatch, with_simulation(compile_report()))
+    assert IMG_ID.findall(page) == ["plot-macs", "plot-params", "plot-cycles"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["fc1.weight", "linalg.batch_matmul"]
+    assert bars(ax) == {"cycles": [2000, 300]}  # fc1's two ops summed
+    assert 'alt="Simulated cycles per layer"' in page
+
+
+def test_bench_report_with_simulation_plots_dense_vs_compressed_cycles(monkeypatch):
+    ax, page = cycle_axes(monkeypatch, with_simulation(bench_report()))
+    assert IMG_ID.findall(page) == ["plot-macs", "plot-params", "plot-latency", "plot-cycles"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["fc1.weight", "linalg.batch_matmul"]
+    assert bars(ax) == {"dense": [7000, 300], "compressed": [2000, 300]}
+    assert "Simulated speedup compressed vs dense</th><td>3.17×" in page
+    assert "Simulated cycles (dense → compressed)</th><td>7,300 → 2,300" in page
+    for mime, data in images(page):
+        assert_valid_image(mime, data)
+
+
+def test_no_simulation_no_cycle_plot():
+    for report in (compile_report(), bench_report()):
+        page = render_html(report)
+        assert "plot-cycles" not in page and "Simulated" not in page
