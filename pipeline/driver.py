@@ -161,6 +161,7 @@ class Compiled:
     verified_with: str
     calibration: dict[str, Any] | None = None  # {"path", "samples"}
     accuracy: dict[str, Any] | None = None  # top-1 on --eval: original, compressed reference, artifact
+    passes: list[MethodResult] = dataclasses.field(default_factory=list)  # built-in passes after the methods
 
 
 def compile_model(
@@ -174,12 +175,14 @@ def compile_model(
     loaded_and_lowered: tuple[Any, Any] | None = None,
     calib: Path | None = None,
     eval_data: Path | None = None,
+    time_batching: bool = True,
 ) -> Compiled:
     """load -> lower -> methods -> compile -> run -> verify (-> evaluate on
     ``eval_data``). Raises VerifyError when the artifact does not reproduce the
     compressed reference."""
     from optc.calibration import Calibration, load_samples
     from optc.errors import VerifyError
+    from optc.time_batching import time_batch
     from optc.verify import DEFAULT_TOLERANCE, verify
 
     require_calibration([m for m, _ in sel.methods], calib is not None)  # before any heavy work
@@ -190,6 +193,7 @@ def compile_model(
     program = original.clone()
     ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir, progress=progress)
     results = apply_methods(program, sel.methods, ctx, progress=log)
+    passes = [time_batch(program)] if time_batching else []  # after the methods: see optc.time_batching
     runnable, why = sel.target.runs_here(sel.target_options)
     for options in [sel.target_options] + ([] if runnable else [sel.target.portable_options(sel.target_options)]):
         ok, missing = sel.target.supports(program, options)
@@ -217,7 +221,7 @@ def compile_model(
         )
     accuracy = _accuracy(loaded.module, reference, session, evaluation, len(examples[0])) if evaluation is not None else None
     calibration = {"path": str(calib), "samples": len(samples)} if samples is not None else None
-    return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with, calibration, accuracy)
+    return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with, calibration, accuracy, passes)
 
 
 def _host_runner(program: Any) -> Callable[..., list[np.ndarray]]:
