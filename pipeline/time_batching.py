@@ -156,7 +156,7 @@ class TimeBatchRewrite:
                     part = b.collapse(part, reassoc)
                 else:
                     part = b.slice(y, [t * step_rows, 0], [step_rows, n_out])
-                if not _is_zero_fill(init):
+                if not is_zero_fill(init):
                     part = b.generic([init, part], b.empty(shape_of(part), part), ["(i, j) -> (i, j)"] * 3, lambda a, c, _o: b.add(a, c))
             self.program.replace(w.op, part)
 
@@ -189,7 +189,7 @@ def _operands_from_outside(op: ir.Operation) -> list[ir.Value]:
     return [v for v in values if v not in inner]
 
 
-def _is_zero_fill(value: ir.Value) -> bool:
+def is_zero_fill(value: ir.Value) -> bool:
     owner = _defining_op(value)
     if owner is None or owner.name != "linalg.fill":
         return False
