@@ -48,6 +48,10 @@ def time_batch(program: Program) -> MethodResult:
     """Batch every group of per-step matmuls sharing a weight into one matmul;
     one change per layer considered (batched, or skipped with the reason)."""
     changes: dict[str, LayerChange] = {}
+    for w in program.weighted_ops():  # nn.LSTM/GRU at batch > 1: one matmul per step, as a batch_matmul
+        steps = shared_weight_batch_matmul(program, w)
+        if steps:
+            changes[w.layer] = LayerChange(w.layer, f"input projection of {steps} steps: a batch_matmul over a broadcast weight became one matmul", {"steps": steps, "matmuls": 1})
     tried: set[tuple[str, str]] = set()
     while True:
         group = _next_group(program, tried)
@@ -69,6 +73,28 @@ def time_batch(program: Program) -> MethodResult:
             changes[layer] = LayerChange.skipped(layer, Skip(SkipReason.UNSUPPORTED, f"{len(group)} uses as {group[0].kind} with the weight as operand {group[0].operand_index} (only 2-D matmuls x·W are batched)"))
     program.verify()
     return MethodResult(NAME, list(changes.values()))
+
+
+def shared_weight_batch_matmul(program: Program, w: WeightedOp) -> int:
+    """``x[T, B, in] · broadcast(M)[T, in, out]`` (how torch lowers nn.LSTM/GRU's input
+    projection at batch > 1) → one ``[T·B, in]·M`` matmul, with no broadcast copy of
+    the weight. Returns the steps T, or 0 when ``w`` is not that form."""
+    if w.kind != "batch_matmul" or w.operand_index != 1 or not w.batch_shared:
+        return 0
+    bcast = _defining_op(w.op.operands[1])
+    kind, arg = w.chain[-1]
+    added = arg[0] if kind == "broadcast" else [d for d in range(3) if d not in arg[0]]
+    if bcast is None or added != [0]:
+        return 0
+    matrix = bcast.operands[0]
+    if kind == "generic_broadcast" and list(arg[0]) != [1, 2]:
+        return 0  # a permuting broadcast: not the matrix as the matmul reads it
+    if shape_of(matrix) != tuple(w.weight_shape[1:]):
+        return 0
+    with program.at(w.op) as b:
+        y = b.linear(w.op.operands[0], matrix, w.op.operands[2])
+    program.replace(w.op, y)
+    return w.weight_shape[0]
 
 
 def _shared_weight_uses(program: Program) -> list[list[WeightedOp]]:

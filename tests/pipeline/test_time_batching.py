@@ -63,15 +63,31 @@ def test_rewritten_ir_has_one_input_projection_matmul_per_layer_filecheck(tmp_pa
     assert p.to_text().count("tensor<16x128xf32>) outs") == 1  # one input-projection matmul, not 8
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru2", "bilstm"])
-def test_torch_rnn_modules_arrive_batched_and_are_left_alone(name):
-    """nn.LSTM/nn.GRU's decomposition already projects all steps at once: one op
-    per input weight, nothing batched, the hidden weights skipped as recurrent."""
-    _, p, before, result = batched(name)
-    assert all(s.ops == 1 for layer, s in before.items() if "weight_ih" in layer)
+def test_torch_lstm_at_batch_1_arrives_batched_and_is_left_alone():
+    """nn.LSTM's decomposition already projects all steps at once (one matmul per
+    input weight at batch 1): nothing to batch, the hidden weights skipped as recurrent."""
+    _, p, before, result = batched("lstm")
+    assert all(s.ops == 1 and s.kind == "matmul" for layer, s in before.items() if "weight_ih" in layer)
     assert not any(c.changed for c in result.changes)
     assert all(c.reason == SkipReason.NOTHING_TO_DO for c in result.changes if "weight_hh" in c.layer)
     assert p.layer_stats() == before
+
+
+@pytest.mark.parametrize("name", ["gru", "gru2", "bilstm"])
+def test_torch_rnn_batch_matmul_over_a_broadcast_weight_becomes_one_matmul(name):
+    """At batch > 1 torch lowers the first layer's input projection as a
+    batch_matmul over T copies of the weight: it becomes one [T·B, in] matmul."""
+    model, p, before, result = batched(name)
+    shared = [layer for layer, s in before.items() if s.kind == "batch_matmul"]
+    assert shared and all("weight_ih_l0" in layer for layer in shared)
+    changes = {c.layer: c for c in result.changes}
+    after = p.layer_stats()
+    for layer in shared:
+        assert changes[layer].changed and changes[layer].details["steps"] == 8
+        assert after[layer].kind == "matmul" and after[layer].macs == before[layer].macs
+    assert "linalg.batch_matmul" not in p.to_text()
+    err = compare(compiled_outputs(p), eager_outputs(model.module, p.example_inputs))
+    assert err.max_rel <= EXACT, err
 
 
 class ComputedSteps(nn.Module):
