@@ -97,3 +97,93 @@ def big_linear() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     lowrank's truncated SVD (not for tests)."""
     g = _seeded()
     return nn.Sequential(nn.Linear(8192, 8192)).eval(), (torch.randn(1, 8192, generator=g),)
+class GRUClassifier(nn.Module):
+    """A GRU over a sequence (``layers`` deep, optionally bidirectional), classifying from the last step."""
+
+    def __init__(self, features: int = 16, hidden: int = 32, num_classes: int = 5, layers: int = 1, bidirectional: bool = False):
+        super().__init__()
+        self.gru = nn.GRU(features, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+        self.fc = nn.Linear(hidden * (2 if bidirectional else 1), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(x)
+        return self.fc(out[:, -1])
+
+
+class BiLSTMClassifier(nn.Module):
+    """A bidirectional LSTM over a sequence, classifying from the last step."""
+
+    def __init__(self, features: int = 16, hidden: int = 32, num_classes: int = 5, layers: int = 2):
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, num_layers=layers, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(2 * hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.fc(out[:, -1])
+
+
+class LSTMCellLoop(nn.Module):
+    """An LSTM written as an ``nn.LSTMCell`` stepped in Python (how many RNNs are
+    written): each step does its own input-to-hidden matmul until time batching
+    hoists them into one."""
+
+    def __init__(self, features: int = 16, hidden: int = 32, num_classes: int = 5):
+        super().__init__()
+        self.cell = nn.LSTMCell(features, hidden)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.new_zeros(x.shape[0], self.cell.hidden_size)
+        c = torch.zeros_like(h)
+        for t in range(x.shape[1]):
+            h, c = self.cell(x[:, t], (h, c))
+        return self.fc(h)
+
+
+class GRUCellLoop(nn.Module):
+    """A GRU written as an ``nn.GRUCell`` stepped in Python."""
+
+    def __init__(self, features: int = 16, hidden: int = 32, num_classes: int = 5):
+        super().__init__()
+        self.cell = nn.GRUCell(features, hidden)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.new_zeros(x.shape[0], self.cell.hidden_size)
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+        return self.fc(h)
+
+
+def gru() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    g = _seeded()
+    return GRUClassifier().eval(), (torch.randn(2, 8, 16, generator=g),)
+
+
+def gru2() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A 2-layer GRU."""
+    g = _seeded()
+    return GRUClassifier(layers=2).eval(), (torch.randn(2, 8, 16, generator=g),)
+
+
+def bilstm() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A 2-layer bidirectional LSTM."""
+    g = _seeded()
+    return BiLSTMClassifier().eval(), (torch.randn(2, 8, 16, generator=g),)
+
+
+def lstm_cells() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    g = _seeded()
+    return LSTMCellLoop().eval(), (torch.randn(2, 8, 16, generator=g),)
+
+
+def gru_cells() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    g = _seeded()
+    return GRUCellLoop().eval(), (torch.randn(2, 8, 16, generator=g),)
+
+
+def lstm2_h256() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The issue-12 goal model: a 2-layer LSTM, input 40, hidden 256, 50 steps, batch 1."""
+    g = _seeded()
+    return LSTMClassifier(features=40, hidden=256, num_classes=10, layers=2).eval(), (torch.randn(1, 50, 40, generator=g),)

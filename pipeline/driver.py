@@ -161,6 +161,7 @@ class Compiled:
     verified_with: str
     calibration: dict[str, Any] | None = None  # {"path", "samples"}
     accuracy: dict[str, Any] | None = None  # top-1 on --eval: original, compressed reference, artifact
+    passes: list[MethodResult] = dataclasses.field(default_factory=list)  # built-in passes after the methods
 
 
 def compile_model(
@@ -175,6 +176,7 @@ def compile_model(
     calib: Path | None = None,
     eval_data: Path | None = None,
     labels: Sequence[str] = (),
+    time_batching: bool = True,
 ) -> Compiled:
     """load -> lower -> methods -> compile -> run -> verify (-> evaluate on
     ``eval_data``). Raises VerifyError when the artifact does not reproduce the
@@ -183,6 +185,7 @@ def compile_model(
     from optc.errors import VerifyError
     from optc.lower import check_index_ranges, input_index_ranges
     from optc.metadata import annotate, describe
+    from optc.time_batching import time_batch
     from optc.verify import DEFAULT_TOLERANCE, verify
 
     require_calibration([m for m, _ in sel.methods], calib is not None)  # before any heavy work
@@ -195,6 +198,7 @@ def compile_model(
     program = original.clone()
     ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir, progress=progress, model=loaded)
     results = apply_methods(program, sel.methods, ctx, progress=log)
+    passes = [time_batch(program)] if time_batching else []  # after the methods: see optc.time_batching
     annotate(program, describe(model_spec, loaded, original, program, sel, labels))  # the artifact describes itself
     runnable, why = sel.target.runs_here(sel.target_options)
     for options in [sel.target_options] + ([] if runnable else [sel.target.portable_options(sel.target_options)]):
@@ -228,7 +232,7 @@ def compile_model(
         if accuracy is not None and r.evaluate is not None:
             accuracy[r.method] = r.evaluate(evaluation)
     calibration = {"path": str(calib), "samples": len(samples)} if samples is not None else None
-    return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with, calibration, accuracy)
+    return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with, calibration, accuracy, passes)
 
 
 def _host_runner(program: Any) -> Callable[..., list[np.ndarray]]:

@@ -9,6 +9,9 @@ Top-level keys of a compile report:
   methods       [{"name", "options", "changes": [{"layer", "action", "status", "reason", "details"}]}]
                 status "changed" or "skipped"; reason (skipped only) an optc.api.SkipReason
                 name in lower case, e.g. "does_not_fit", "already_rewritten"
+  passes        [{"name", "changes": [...]}]  built-in passes run after the methods, changes as
+                in methods; "time_batching": input projections batched over all steps
+                (details "steps"), recurrent weights skipped with the reason
   layers        [{"layer", "kind", "weight_shape", "ops_before", "ops_after",
                   "params_before", "params_after", "macs_before", "macs_after", "methods"}]
   totals        {"params_before", "params_after", "param_bytes_before", "param_bytes_after",
@@ -131,6 +134,7 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
             {"name": m.name, "options": options_dict(o), "changes": [ch.as_dict() for ch in r.changes]}
             for (m, o), r in zip(c.selection.methods, c.results)
         ],
+        "passes": [{"name": r.method, "changes": [ch.as_dict() for ch in r.changes]} for r in c.passes],
         "layers": layer_rows(c.original.layer_stats(), _largest_callee(c.program).layer_stats(), c.results),
         "totals": totals(c.original, c.program),
         "verification": verification,
