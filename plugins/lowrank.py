@@ -46,10 +46,15 @@ def choose_rank(singular_values: np.ndarray, options: LowRankOptions, k: int = 0
         return max(1, min(full, int(k * n / (options.reduction * (k + n)))))
     if options.rank is not None:
         return min(options.rank, full)
-    energy = np.cumsum(singular_values.astype(np.float64) ** 2)
-    if energy[-1] == 0:
+    return energy_rank(singular_values, options.energy)
+
+
+def energy_rank(singular_values: np.ndarray, energy: float) -> int:
+    """The smallest rank whose singular values hold ``energy`` of the squared norm."""
+    held = np.cumsum(singular_values.astype(np.float64) ** 2)
+    if held[-1] == 0:
         return 1
-    return int(min(full, np.searchsorted(energy / energy[-1], options.energy - 1e-12) + 1))
+    return int(min(len(singular_values), np.searchsorted(held / held[-1], energy - 1e-12) + 1))
 
 
 def factor(svd: tuple[np.ndarray, np.ndarray, np.ndarray], rank: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
