@@ -160,8 +160,8 @@ class Penni(LayerMethod):
         coef = rw.constant("penni_coef", layout.to_stored(plan.coef))
         kernel_shape = layer.uses[0].weight_shape[-2:]
         bases = s.bases.reshape(len(s.bases), *kernel_shape)
-        if dense:
-            basis_weight = rw.constant("penni_bases", np.ascontiguousarray(np.broadcast_to(bases, (s.in_channels * s.groups, *bases.shape))))
+        if dense:  # nb kernels stored once, broadcast to every input channel where used
+            basis_weight = rw.constant("penni_bases", np.ascontiguousarray(bases))
             channels = None
         else:  # only the used maps: the input channel and basis of each
             channel, basis = np.divmod(maps[0], len(s.bases))
@@ -181,7 +181,11 @@ class Penni(LayerMethod):
             strides = [int(v) for v in np.array(op.attributes["strides"])]
             dilations = [int(v) for v in np.array(op.attributes["dilations"])]
             if channels is None:
-                basis_maps = build.depthwise_conv2d_multiplier(x, basis_weight, strides=strides, dilations=dilations)
+                every_channel = build.generic(
+                    [basis_weight], build.empty((shape_of(x)[1], *bases.shape), basis_weight),
+                    ["(c, b, h, w) -> (b, h, w)", "(c, b, h, w) -> (c, b, h, w)"], lambda v, _out: v,
+                )
+                basis_maps = build.depthwise_conv2d_multiplier(x, every_channel, strides=strides, dilations=dilations)
             else:
                 basis_maps = build.depthwise_conv2d(build.gather(x, channels, dim=1), basis_weight, strides=strides, dilations=dilations)
             if s.groups == 1:

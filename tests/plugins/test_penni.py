@@ -81,7 +81,7 @@ def test_fewer_bases_cut_macs_as_counted_and_the_artifact_matches_the_reference(
 
 
 CHECKS = """
-// CHECK-DAG: dense_resource<a.weight.penni_bases> : tensor<4x3x3x3xf32>
+// CHECK-DAG: dense_resource<a.weight.penni_bases> : tensor<3x3x3xf32>
 // CHECK-DAG: dense_resource<a.weight.penni_coef> : tensor<8x12x1x1xf32>
 // CHECK: linalg.generic {{.*}} ins(%{{.*}} : tensor<1x4x14x14xf32>) outs(%{{.*}} : tensor<1x4x3x14x14xf32>)
 // CHECK: linalg.depthwise_conv_2d_nchw_chw {{.*}} ins(%{{.*}}, %{{.*}} : tensor<1x12x14x14xf32>, tensor<12x3x3xf32>) outs(%{{.*}} : tensor<1x12x12x12xf32>)
@@ -195,3 +195,14 @@ def test_a_named_layer_penni_cannot_decompose_is_an_error():
 def test_bases_above_the_full_rank_skip_unnamed_layers():
     run = apply({"bases": 10})
     assert {c.reason for c in run.result.changes} == {SkipReason.DOES_NOT_FIT}
+
+
+def test_cli_bad_bases_is_one_line_nonzero_exit_and_no_file(tmp_path):
+    from tests.conftest import optc_cli
+
+    out = tmp_path / "m.vmfb"
+    proc = optc_cli("compile", "--plugins", "penni", "--opt", "penni.bases=10", "--opt", "penni.layers=stem.weight", "examples.models:cnn", "-o", str(out))
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].endswith("bases=10 is above the full rank 9 of layer stem.weight's 3×3 kernels: use 1…9, or penni.skip=stem.weight"), proc.stderr
+    assert not list(tmp_path.iterdir())
