@@ -127,7 +127,7 @@ class Penni(LayerMethod):
         full = len(s)
         if options.bases is not None and options.bases > full:
             return Skip(SkipReason.DOES_NOT_FIT, f"bases={options.bases} is above the full rank {full} of layer {layer.name}'s "
-                        f"{shape_of(w.op.operands[1])[-2]}×{shape_of(w.op.operands[1])[-1]} kernels: use 1…{full}, or penni.skip={layer.name}")
+                        f"{w.weight_shape[-2]}×{w.weight_shape[-1]} kernels: use 1…{full}, or penni.skip={layer.name}")
         nb = options.bases if options.bases is not None else energy_rank(s, options.energy)
         bases = vt[:nb]
         groups = layer.groups
@@ -154,7 +154,6 @@ class Penni(LayerMethod):
     def rewrite(self, layer: Layer, plan: Plan, rw: LayerRewriter) -> np.ndarray:
         s: KernelBasis = plan.structure
         maps = s.maps()
-        out = s.shape[0]
         dense = maps.shape[1] == s.shape[1]
         layout = Layout(lambda c: _coefficient_weight(c, maps, s.groups))
         coef = rw.constant("penni_coef", layout.to_stored(plan.coef))
