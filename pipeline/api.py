@@ -180,7 +180,7 @@ class SelectionOptions:
 
     layers: tuple[str, ...] = option((), "only these layers (comma-separated fnmatch patterns on parameter names); empty = all")
     skip: tuple[str, ...] = option((), "never these layers (comma-separated fnmatch patterns)")
-    override: tuple[str, ...] = option((), "per-layer settings PATTERN:KEY=V[:KEY=V] (KEY: an option the method lets you set per layer), e.g. fc2.weight:block=10")
+    override: tuple[str, ...] = option((), "per-layer settings PATTERN:KEY=V[:KEY=V], later entries win")
 
     def validate(self) -> None:
         self.overrides()
@@ -361,10 +361,15 @@ def option_fields(options_cls: type) -> list[dataclasses.Field]:
 def describe_options(options_cls: type) -> list[tuple[str, str, Any, str]]:
     """(name, type, default, help) for each field, for listings and docs."""
     hints = typing.get_type_hints(options_cls)
-    return [
-        (f.name, _type_name(hints[f.name]), f.default, f.metadata.get("help", ""))
-        for f in option_fields(options_cls)
-    ]
+    shared = {f.name for f in dataclasses.fields(SelectionOptions)}
+    fields = sorted(option_fields(options_cls), key=lambda f: f.name in shared)  # the method's own first
+    keys = getattr(options_cls, "OVERRIDABLE", ())
+
+    def help_of(f: dataclasses.Field) -> str:
+        text = f.metadata.get("help", "")
+        return f"{text}; KEY in {'|'.join(keys) or '(none)'}" if f.name == "override" else text
+
+    return [(f.name, _type_name(hints[f.name]), f.default, help_of(f)) for f in fields]
 
 
 def _type_name(tp: Any) -> str:

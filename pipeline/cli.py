@@ -238,11 +238,14 @@ def _print_summary(report: dict) -> None:
         click.echo(f"params     {t['params_before']:,} -> {t['params_after']:,}; weights {_megabytes(t['param_bytes_before'])} (dense) -> {_megabytes(t['param_bytes_after'])}")
         fewer = f"{t['flop_reduction']:.2f}x fewer" if t["macs_after"] != t["macs_before"] else "unchanged"
         click.echo(f"FLOPs(MAC) {t['macs_before']:,} -> {t['macs_after']:,} ({fewer})")
-    checked = "artifact" if v.get("verified_with", "the artifact itself") == "the artifact itself" else v["verified_with"]
+    with_what = v.get("verified_with", "the artifact itself")
+    checked, _, not_run = ("artifact", "", "") if with_what == "the artifact itself" else with_what.partition("; ")
     click.echo(
         f"verified   {checked} vs compressed reference: max rel err {v['compile_error']['max_rel']:.2e} "
         f"(tolerance {v['tolerance']:g}); compression vs original: {v['compression_error']['max_rel']:.2e}"
     )
+    if not_run:
+        click.echo(f"           {not_run}")
     if "accuracy" in report:
         a = report["accuracy"]
         click.echo(
@@ -252,7 +255,9 @@ def _print_summary(report: dict) -> None:
 
 
 def _megabytes(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n:,} bytes"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} MB"
+    return f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} bytes"
 
 
 @main.command()

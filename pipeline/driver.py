@@ -204,7 +204,7 @@ def compile_model(
         built, portable = plain_options(sel.target.name, sel.target_options), plain_options(sel.target.name, checked_options)
         log(f"the {built} artifact cannot run here ({why}); checking the numbers with a {portable} build of the same program instead")
         checked = sel.target.compile(program, checked_options)
-        verified_with = f"a {portable} build of the same program; the {built} artifact itself was not run ({why})"
+        verified_with = f"a portable build ({portable}) of the same program; the {built} artifact itself was not run here: {why}"
     log("running it and PyTorch eager on the example inputs")
     session = sel.target.open(checked.vmfb, checked_options)
     outputs = session(*program.example_inputs)

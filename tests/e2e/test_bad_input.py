@@ -260,8 +260,8 @@ def test_keep_rate_outside_zero_one(tmp_path, opt, fragment):
     assert_clean_failure(proc, fragment, out_dir=out)
 
 
-def test_block_size_that_does_not_fit_a_layer(tmp_path):
-    proc, out = compile_into(tmp_path, "--plugins", "bcr", "--opt", "bcr.block=16", "examples.models:mlp")
+def test_block_size_that_does_not_fit_a_named_layer(tmp_path):
+    proc, out = compile_into(tmp_path, "--plugins", "bcr", "--opt", "bcr.block=16", "--opt", "bcr.layers=0.weight,4.weight", "examples.models:mlp")
     assert_clean_failure(proc, "block=16 does not fit layer 4.weight (10 output rows)", "bcr.skip=4.weight", out_dir=out)
 
 

@@ -87,12 +87,34 @@ def test_compile_examples_for_vulkan(name, tmp_path):
     assert v["passed"] and v["compile_error"]["max_rel"] <= 1e-5
 
 
+def test_bcr_defaults_compile_the_cnn_quietly_and_say_what_was_skipped(tmp_path):
+    out = tmp_path / "cnn.vmfb"
+    proc = optc_cli("compile", "--quiet", "--plugins", "bcr", "examples.models:cnn", "-o", str(out), check=True)
+    assert proc.stderr.strip() == ""  # --quiet: no log lines
+    # block 16: fc2 (10 rows) does not fit and is skipped; dw/pw are grouped convolutions
+    assert "bcr: 2 layer(s) changed, 3 skipped (2 unsupported, 1 does not fit)" in proc.stdout
+    assert "weights 10.3 kB (dense) -> " in proc.stdout
+    changes = {c["layer"]: c for c in json.loads(out.with_suffix(".json").read_text())["methods"][0]["changes"]}
+    assert changes["fc2.weight"]["status"] == "skipped" and changes["fc2.weight"]["reason"] == "does_not_fit"
+    assert changes["stem.weight"]["status"] == "changed" and changes["stem.weight"]["reason"] is None
+
+
+def test_compile_without_methods_says_so_and_claims_no_reduction(tmp_path):
+    proc = optc_cli("compile", "examples.models:mlp", "-o", str(tmp_path / "mlp.vmfb"), check=True)
+    assert "method     none: the dense model (" in proc.stdout
+    assert "fewer" not in proc.stdout and "optc: compiling for cpu" in proc.stderr
+
+
 def test_mobile_profile_artifact_is_verified_through_a_portable_build(tmp_path):
     vulkan_or_skip()
     out = tmp_path / "mlp-mali.vmfb"
-    optc_cli("compile", "--target", "vulkan", "--target-opt", "vulkan.profile=valhall4", "examples.models:mlp", "-o", str(out), check=True)
+    proc = optc_cli("compile", "--target", "vulkan", "--target-opt", "vulkan.profile=valhall4", "examples.models:mlp", "-o", str(out), check=True)
     v = json.loads(out.with_suffix(".json").read_text())["verification"]
     assert v["passed"] and "portable build" in v["verified_with"]
+    # plain words, no Python dicts: which build was run, and that the mobile one was not
+    assert "checking the numbers with a vulkan.profile=default build of the same program instead" in proc.stderr
+    assert "verified   a portable build (vulkan.profile=default) of the same program vs compressed reference" in proc.stdout
+    assert "the vulkan.profile=valhall4 artifact itself was not run here" in proc.stdout and "{'profile'" not in proc.stdout + proc.stderr
     proc = optc_cli("run", str(out), "--input", str(tmp_path / "none.npy"))
     assert proc.returncode != 0 and "runs only on that GPU family" in proc.stderr
 

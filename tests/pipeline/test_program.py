@@ -91,3 +91,17 @@ def test_clone_is_independent():
 def test_unapply_view_inverts_apply_view(chain, shape):
     a = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     np.testing.assert_array_equal(unapply_view(apply_view(a, chain), chain, shape), a)
+
+
+def test_every_conv_kind_has_a_matrix_view_that_round_trips():
+    _, p = lowered("cnn")
+    layers = {layer.name: layer for layer in p.layers()}
+    assert layers["dw.weight"].groups == 16 and layers["pw.weight"].groups == 2 and layers["stem.weight"].groups == 1
+    assert layers["dw.weight"].shape == (16, 9)  # C × KH·KW
+    assert layers["pw.weight"].shape == (16, 8)  # O × C/G·KH·KW
+    assert layers["stem.weight"].shape == (16, 27)
+    for layer in layers.values():
+        assert layer.problem is None
+        m = layer.matrix()
+        assert m.shape == layer.shape
+        np.testing.assert_array_equal(layer.from_matrix(m), p.params[layer.name])

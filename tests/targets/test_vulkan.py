@@ -69,3 +69,14 @@ def test_float16_weights_are_refused_up_front_naming_the_missing_capability():
         assert "which the default profile's SPIR-V target lacks" in str(e.value)
     _, p = lowered("mlp")
     assert VulkanTarget().supports(p, VulkanOptions()) == (True, "")  # float32 weights compile
+
+
+def test_int8_weights_are_refused_on_the_default_profile():
+    from optc.storage import quantize, store
+
+    _, p = lowered("mlp")
+    layer = p.layers()[0]
+    store(p, layer.param, quantize(layer.matrix(), 8), name="q", origin=layer.name, layout=layer.layout())
+    ok, why = VulkanTarget().supports(p, VulkanOptions())
+    assert not ok and "int8 weights need 8-bit storage buffers" in why
+    assert VulkanTarget().supports(p, VulkanOptions(profile="valhall4")) == (True, "")
