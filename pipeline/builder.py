@@ -293,3 +293,17 @@ class Builder:
         ig = self.expand(init, [[0], [1, 2], [3], [4]], (n, groups, o // groups, oh, ow))
         y = as_value(linalg.conv_2d_ngchw_gfchw(xg, wg, outs=[ig], strides=strides, dilations=dilations))
         return self.collapse(y, [[0], [1, 2], [3], [4]])
+
+    def depthwise_conv2d_multiplier(self, x: ir.Value, weight: ir.Value, init: ir.Value | None = None, strides: int | Sequence[int] = 1, dilations: int | Sequence[int] = 1) -> ir.Value:
+        """``init +`` a depthwise NCHW convolution with channel multiplier M: a
+        C×M×KH×KW weight convolves input channel c with M filters, giving output
+        channels c·M … c·M+M-1. Built as a broadcast of the image to C·M channels
+        (a parallel generic, fused into the conv by IREE) and a
+        ``linalg.depthwise_conv_2d_nchw_chw`` (which has no multiplier)."""
+        n, c, h, w = shape_of(x)
+        wc, m, kh, kw = shape_of(weight)
+        if wc != c:
+            raise ValueError(f"depthwise conv with multiplier: weight has {wc} channels, image {c}")
+        repeated = self.generic([x], self.empty((n, c, m, h, w), x), ["(n, c, m, h, w) -> (n, c, h, w)", "(n, c, m, h, w) -> (n, c, m, h, w)"], lambda v, _out: v)
+        flat = self.collapse(repeated, [[0], [1, 2], [3], [4]])
+        return self.depthwise_conv2d(flat, self.collapse(weight, [[0, 1], [2], [3]]), init, strides, dilations)

@@ -659,6 +659,10 @@ class LayerRewriter:
         """Leave ``structure`` (an ``optc.structures`` object) for later methods: the
         weights live in ``param`` laid out by ``layout``; ``matrix`` is what it was chosen on."""
         to_param = self.layer.structure.to_param if self.layer.structure is not None else self.layer._view_to_param
+        inputs = structure.input_map()
+        if inputs is not None:  # the structured matrix reads transformed inputs: its weight is matrix·Tᵀ
+            to_layer = to_param
+            to_param = lambda m: to_layer((m.astype(np.float64) @ inputs.T).astype(np.float32))  # noqa: E731
         self._published = LayerStructure(self.method, structure, matrix, param, layout, to_param)
 
     def publish_structure(self) -> None:

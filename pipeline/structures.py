@@ -13,6 +13,7 @@ are output channels, columns the inputs (a convolution's C·KH·KW).
     NM               n of every m consecutive inputs kept (2:4 …)
     ChannelSubset    whole output channels and/or input channels kept
     LowRankFactors   W ≈ U·V of rank r
+    KernelBasis      penni: each KH×KW kernel a sparse combination of a few basis kernels
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ class Structure:
     def nbytes(self, itemsize: int = 4) -> int:
         """Bytes of the kept values plus the index tables of the compact form."""
         raise NotImplementedError
+
+    def input_map(self) -> np.ndarray | None:
+        """None when the structured matrix reads the layer's own inputs; else the
+        matrix T (layer inputs × structured columns) with structured inputs xᵀ·T,
+        so the layer computes with the effective weight ``matrix · Tᵀ`` and a
+        solver's Gram matrix over them is Tᵀ·G·T."""
+        return None
 
 
 @dataclass
@@ -220,6 +228,57 @@ class LowRankFactors(Structure):
 
     def nbytes(self, itemsize: int = 4) -> int:
         return self.rank * sum(self.shape) * itemsize
+
+
+@dataclass
+class KernelBasis(Structure):
+    """penni's structure (PENNI, ESCALATE): every KH×KW kernel of a convolution
+    with ``groups`` groups of ``in_channels`` inputs each is W[o, i] = Σ_b C[o, i, b]·B[b]
+    over nb shared basis kernels B (nb × KH·KW). The structured matrix is the
+    coefficients C, out × (in_channels·nb) (column i·nb + b), ``keep`` its kept
+    entries; the program convolves each input channel with the bases once
+    (``maps``: the input-channel·nb + basis columns some coefficient uses) and
+    applies C as a 1×1 convolution."""
+
+    bases: np.ndarray  # nb × KH·KW
+    keep: np.ndarray  # bool out × (in_channels·nb)
+    groups: int = 1
+
+    @property
+    def shape(self) -> tuple[int, int]:  # type: ignore[override]
+        return tuple(self.keep.shape)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels per group."""
+        return self.keep.shape[1] // len(self.bases)
+
+    def mask(self) -> np.ndarray:
+        return self.keep
+
+    def input_map(self) -> np.ndarray:
+        return np.kron(np.eye(self.in_channels), self.bases.T.astype(np.float64))
+
+    def maps(self) -> np.ndarray:
+        """Per group, the basis maps (column indices) the coefficients use, as a
+        groups × kept array (all columns unless a whole column is pruned; grouped
+        layers keep every map so that groups stay equal)."""
+        out = self.keep.shape[0]
+        per_group = self.keep.reshape(self.groups, out // self.groups, -1).any(axis=1)
+        if self.groups == 1:
+            return np.flatnonzero(per_group[0])[None, :]
+        return np.broadcast_to(np.arange(self.keep.shape[1]), (self.groups, self.keep.shape[1]))
+
+    def macs(self, rows: int = 1) -> int:
+        """Basis convolutions of the used maps plus the dense 1×1 coefficient conv over them (per output pixel)."""
+        maps = self.maps()
+        kk = self.bases.shape[1]
+        return (maps.size * kk + self.keep.shape[0] * maps.shape[1]) * rows
+
+    def nbytes(self, itemsize: int = 4) -> int:
+        maps = self.maps()
+        index = 0 if maps.shape[1] == self.keep.shape[1] else maps.size * INDEX_BYTES
+        return (self.bases.size + self.keep.shape[0] * maps.shape[1]) * itemsize + index
 
 
 def unstructured_mask(v: np.ndarray, density: float) -> np.ndarray:

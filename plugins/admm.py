@@ -85,6 +85,12 @@ class LayerData:
     def same(cls, gram: np.ndarray) -> "LayerData":
         return cls(gram, gram, gram)
 
+    def through(self, inputs: np.ndarray | None) -> "LayerData":
+        """The moments of the inputs xᵀ·T a structured matrix reads (``Structure.input_map``; None: x itself)."""
+        if inputs is None:
+            return self
+        return LayerData(*(inputs.T @ g @ inputs for g in (self.goo, self.gcc, self.goc)))
+
 
 def objective(w: np.ndarray, z: np.ndarray, d: LayerData) -> float:
     """‖W·X − Z·X̃‖² relative to ‖W·X‖²."""
@@ -202,6 +208,8 @@ class Admm(LayerMethod):
                     data = LayerData(ctx.calibration.gram(layer.name), *ctx.calibration.cross(layer.name, solved))
                 else:
                     data = LayerData.same(ctx.calibration.gram(layer.name))
+                if layer.structure is not None:
+                    data = data.through(layer.structure.structure.input_map())
                 plans[layer.name] = plan = self._solve(layer.name, matrix, data, fixed, mode, options.for_layer(layer.name))
                 solved[layer.name] = layer.from_matrix(plan.dense)
         return [plans[layer.name] for layer in layers]

@@ -64,3 +64,22 @@ def test_masks_as_numpy_and_torch_agree(structure):
     assert t.dtype == torch.bool and t.shape == (8, 12)
     np.testing.assert_array_equal(t.numpy(), structure.mask())
     assert structure.density() == structure.mask().mean()
+
+
+def test_kernel_basis_maps_inputs_and_counts_the_basis_first_cost():
+    from optc.structures import KernelBasis
+
+    rng = np.random.default_rng(0)
+    bases = np.linalg.qr(rng.normal(size=(9, 2)))[0].T  # 2 orthonormal 3×3 bases
+    keep = np.ones((4, 3 * 2), dtype=bool)
+    keep[:, 1] = False  # input channel 0's second basis map is read by no coefficient
+    s = KernelBasis(bases, keep)
+    t = s.input_map()
+    assert t.shape == (3 * 9, 3 * 2)
+    coef = rng.normal(size=(4, 6))
+    w = coef @ t.T  # kernel W[o, i] = Σ_b C[o, i, b]·B[b]
+    np.testing.assert_allclose(w.reshape(4, 3, 9)[1, 2], coef[1, 4] * bases[0] + coef[1, 5] * bases[1])
+    assert s.maps().tolist() == [[0, 2, 3, 4, 5]]
+    assert s.macs(10) == 10 * (5 * 9 + 4 * 5)
+    grouped = KernelBasis(bases, np.ones((4, 2 * 2), dtype=bool), groups=2)  # 2 groups of 2 input channels
+    assert grouped.maps().shape == (2, 4) and grouped.macs() == 2 * 4 * 9 + 4 * 4

@@ -138,6 +138,122 @@ def test_rewritten_ir_filecheck(tmp_path):
 
 
 def test_method_contract_with_the_testing_kit():
-    from optc.testing import check_method
+    from optc.testing import check_identity, check_method
 
     check_method(LowRank(), options={"rank": 4}, identity={"rank": 10_000, "force": "true"})
+    check_identity(LowRank(), {"rank": 10_000, "force": "true", "conv": "spatial"}, model="cnn")
+
+
+# --------------------------------------------------------------------------- convolutions
+
+
+def conv_program():
+    """(Model, Program) of a small CNN: a 3×3 conv, a strided dilated 3×3 conv, a 1×1 conv."""
+    import torch
+    from torch import nn
+
+    from optc.load import Model
+    from optc.lower import lower
+
+    if "convs" not in _CONVS:
+        torch.manual_seed(0)
+        module = nn.Sequential(
+            nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=2, dilation=2), nn.ReLU(),
+            nn.Conv2d(32, 8, 1),
+        ).eval()  # fmt: skip
+        model = Model(module, (torch.randn(1, 4, 12, 12),), "convs")
+        _CONVS["convs"] = (model, lower(model))
+    model, p = _CONVS["convs"]
+    return model, p.clone()
+
+
+_CONVS: dict = {}
+
+
+def apply_conv(**opts):
+    model, p = conv_program()
+    before = p.layer_stats()
+    result = LowRank().apply(p, LowRankOptions(**opts), MethodContext())
+    p.verify()
+    return model, p, before, result
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_conv_full_rank_is_exact(scheme):
+    model, p, _, result = apply_conv(rank=10_000, force=True, conv=scheme)
+    changed = {c.layer: c.action for c in result.changes if c.changed}
+    assert changed["0.weight"] == f"factorized rank {16 if scheme == 'channel' else 12} ({scheme})"
+    assert ("4.weight" in changed) == (scheme == "channel")  # a 1×1 conv has no spatial factorization
+    err = compare(compiled_outputs(p), eager_outputs(model.module, p.example_inputs))
+    assert err.max_rel <= 1e-5, err
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_conv_reduction_cuts_macs_by_that_factor_and_the_artifact_matches(scheme):
+    model, p, before, result = apply_conv(reduction=2.0, conv=scheme, layers=("2.weight",))
+    after = p.layer_stats()
+    r = result.changes[1].details["rank"]
+    # 2.weight: 16 -> 32 channels, 3×3, padded input 16×16, output 6×6
+    if scheme == "channel":
+        assert after["2.weight"].macs == 36 * r * (16 * 9 + 32)
+    else:
+        assert after["2.weight"].macs == r * (6 * 16 * 16 * 3 + 36 * 32 * 3)
+    ratio = before["2.weight"].macs / after["2.weight"].macs
+    assert 2.0 <= ratio < 2.0 * (r + 1) / r
+    check = verify(model.module, result.reference_weights, compiled_outputs(p), p.example_inputs)
+    assert check.compile_error.max_rel <= 1e-5
+    assert check.compression_error.max_rel > 1e-3
+
+
+CONV_CHECKS = {
+    "channel": """
+// CHECK-DAG: dense_resource<"2.weight.lowrank_first"> : tensor<5x16x3x3xf32>
+// CHECK-DAG: dense_resource<"2.weight.lowrank_second"> : tensor<32x5x1x1xf32>
+// CHECK: linalg.conv_2d_nchw_fchw {dilations = dense<2> : tensor<2xi64>, strides = dense<2> : tensor<2xi64>} ins(%{{.*}}, %{{.*}} : tensor<1x16x16x16xf32>, tensor<5x16x3x3xf32>) outs(%{{.*}} : tensor<1x5x6x6xf32>)
+// CHECK-NEXT: linalg.conv_2d_nchw_fchw {{.*}} ins(%{{.*}}, %{{.*}} : tensor<1x5x6x6xf32>, tensor<32x5x1x1xf32>) outs(%{{.*}} : tensor<1x32x6x6xf32>)
+""",
+    "spatial": """
+// CHECK-DAG: dense_resource<"2.weight.lowrank_first"> : tensor<5x16x3x1xf32>
+// CHECK-DAG: dense_resource<"2.weight.lowrank_second"> : tensor<32x5x1x3xf32>
+// CHECK: linalg.conv_2d_nchw_fchw {dilations = dense<[2, 1]> : tensor<2xi64>, strides = dense<[2, 1]> : tensor<2xi64>} ins(%{{.*}}, %{{.*}} : tensor<1x16x16x16xf32>, tensor<5x16x3x1xf32>) outs(%{{.*}} : tensor<1x5x6x16xf32>)
+// CHECK: linalg.conv_2d_nchw_fchw {dilations = dense<[1, 2]> : tensor<2xi64>, strides = dense<[1, 2]> : tensor<2xi64>} ins(%{{.*}}, %{{.*}} : tensor<1x5x6x16xf32>, tensor<32x5x1x3xf32>) outs(%{{.*}} : tensor<1x32x6x6xf32>)
+""",
+}
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_conv_rewritten_ir_filecheck(tmp_path, scheme):
+    _, p, _, _ = apply_conv(rank=5, conv=scheme, layers=("2.weight",))
+    checks = tmp_path / "checks.mlir"
+    checks.write_text(CONV_CHECKS[scheme])
+    fc = Path(sys.executable).parent / "filecheck"
+    proc = subprocess.run([str(fc), str(checks)], input=p.to_text(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_conv_none_leaves_convolutions_and_unnamed_unfactorable_convs_are_skipped():
+    from optc.api import SkipReason
+
+    _, p, _, result = apply_conv(rank=4, conv="none")
+    assert all(c.reason == SkipReason.NOT_SELECTED for c in result.changes)
+    _, p, _, result = apply_conv(rank=4, conv="spatial")
+    skipped = {c.layer: c for c in result.changes if not c.changed}
+    assert skipped["4.weight"].reason == SkipReason.UNSUPPORTED and "1×1" in skipped["4.weight"].action
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        ({"conv": "spatial", "layers": ("4.weight",)}, "lowrank: layer 4.weight is a 1×1 convolution (spatial factorization needs KH, KW > 1"),
+        ({"layers": ("dw.weight",)}, "lowrank: layer dw.weight is depthwise_conv2d"),
+    ],
+)
+def test_conv_named_layer_it_cannot_factor_is_an_error(opts, message):
+    from optc.errors import OptionError
+    from optc.testing import lowered as small
+
+    _, p = conv_program() if "4.weight" in opts["layers"] else small("cnn")
+    with pytest.raises(OptionError) as e:
+        LowRank().apply(p, LowRankOptions(rank=2, **opts), MethodContext())
+    assert message in str(e.value) and "\n" not in str(e.value)

@@ -1,0 +1,208 @@
+"""penni: exact with every basis kept (dense, strided, dilated, grouped convs),
+the rewrite is a depthwise basis conv then a 1×1 coefficient conv, calibrated
+coefficients reconstruct the layer's output better than the plain projection,
+pruned coefficients drop unused basis maps, admm re-solves and quantizes the
+coefficients, and bad settings are one clear error."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from optc.api import MethodContext, SkipReason, Status
+from optc.errors import OptionError
+from optc.load import Model
+from optc.lower import lower
+from optc.plugins.admm import Admm
+from optc.plugins.penni import Penni, coefficients, kernel_bases, output_error
+from optc.structures import KernelBasis
+from optc.testing import Run, check_artifact, check_method, compiled_outputs, options_for, synthetic_calibration
+from optc.verify import compare, eager_outputs
+
+
+class TwoConvs(nn.Module):
+    """A 3×3 conv, a strided and dilated 3×3 conv, and a grouped 3×3 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(4, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 16, 3, stride=2, padding=2, dilation=2)
+        self.g = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+_PROGRAM: dict = {}
+
+
+def two_convs():
+    """(Model, fresh Program) of TwoConvs on one 4×12×12 image."""
+    if not _PROGRAM:
+        torch.manual_seed(0)
+        model = Model(TwoConvs().eval(), (torch.randn(1, 4, 12, 12),), "two-convs")
+        _PROGRAM["p"] = (model, lower(model))
+    model, program = _PROGRAM["p"]
+    return model, program.clone()
+
+
+def apply(options: dict, ctx: MethodContext | None = None):
+    model, p = two_convs()
+    original = p.clone()
+    result = Penni().apply(p, options_for(Penni(), options), ctx or MethodContext())
+    p.verify()
+    return Run(model, original, p, result)
+
+
+def changes(run: Run) -> dict:
+    return {c.layer: c for c in run.result.changes}
+
+
+def test_every_basis_kept_is_exact_for_strided_dilated_and_grouped_convs():
+    run = apply({"bases": 9, "force": True})
+    assert all(c.status == Status.CHANGED for c in run.result.changes), run.result.changes
+    err = compare(compiled_outputs(run.program), eager_outputs(run.model.module, run.program.example_inputs))
+    assert err.max_rel <= 1e-5, err
+    assert changes(run)["g.weight"].details["groups"] == 4
+
+
+def test_fewer_bases_cut_macs_as_counted_and_the_artifact_matches_the_reference():
+    run = apply({"bases": 2})
+    before, after = run.original.layer_stats(), run.program.layer_stats()
+    # b: 8 -> 16 channels, 3×3, output 6×6: 8·2 maps of 9 MACs, then 16×16 coefficients, per pixel
+    assert after["b.weight"].macs == 36 * (8 * 2 * 9 + 16 * 16)
+    assert before["b.weight"].macs == 36 * 16 * 8 * 9
+    check = check_artifact(run)
+    assert check.compression_error.max_rel > 1e-3  # 2 of 9 bases is lossy: the check is real
+
+
+CHECKS = """
+// CHECK-DAG: dense_resource<a.weight.penni_bases> : tensor<3x3x3xf32>
+// CHECK-DAG: dense_resource<a.weight.penni_coef> : tensor<8x12x1x1xf32>
+// CHECK: linalg.generic {{.*}} ins(%{{.*}} : tensor<1x4x14x14xf32>) outs(%{{.*}} : tensor<1x4x3x14x14xf32>)
+// CHECK: linalg.depthwise_conv_2d_nchw_chw {{.*}} ins(%{{.*}}, %{{.*}} : tensor<1x12x14x14xf32>, tensor<12x3x3xf32>) outs(%{{.*}} : tensor<1x12x12x12xf32>)
+// CHECK: linalg.conv_2d_nchw_fchw {{.*}} ins(%{{.*}}, %{{.*}} : tensor<1x12x12x12xf32>, tensor<8x12x1x1xf32>) outs(%{{.*}} : tensor<1x8x12x12xf32>)
+// CHECK-NOT: dense_resource<a.weight>
+"""
+
+
+def test_rewritten_ir_filecheck(tmp_path):
+    run = apply({"bases": 3, "layers": "a.weight"})
+    checks = tmp_path / "checks.mlir"
+    checks.write_text(CHECKS)
+    fc = Path(sys.executable).parent / "filecheck"
+    proc = subprocess.run([str(fc), str(checks)], input=run.program.to_text(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_calibrated_coefficients_reconstruct_the_output_better_than_the_projection():
+    model, p = two_convs()
+    calibration = synthetic_calibration(p, samples=16)
+    run = apply({"bases": 2, "layers": "b.weight"}, MethodContext(calibration=calibration))
+    change = changes(run)["b.weight"]
+    assert change.details["calibrated"]
+    gram = calibration.gram("b.weight")  # b reads ReLU outputs: correlated inputs
+    matrix = p.layers()[1].matrix()
+    _, vt = kernel_bases(matrix, 9)
+    t = np.kron(np.eye(8), vt[:2].T)
+    plain = output_error(matrix, coefficients(matrix, vt[:2], None, None, 0.0) @ t.T, gram)
+    assert change.details["output_error"] < 0.9 * plain, (change.details["output_error"], plain)
+    # the program computes with the calibrated weights
+    ref = run.result.reference_weights["b.weight"].reshape(16, -1)
+    assert output_error(matrix, ref, gram) == pytest.approx(change.details["output_error"], rel=1e-3)
+    check_artifact(run)
+
+
+def test_pruned_coefficients_are_refit_and_unused_basis_maps_are_not_computed():
+    _, p = two_convs()
+    calibration = synthetic_calibration(p, samples=16)
+    run = apply({"bases": 4, "coef_keep": 0.05, "layers": "b.weight"}, MethodContext(calibration=calibration))
+    s = run.program.structures["b.weight"].structure
+    assert isinstance(s, KernelBasis)
+    maps = s.maps()
+    assert maps.shape[1] < 8 * 4  # some input channel·basis maps no coefficient uses
+    assert abs(s.keep.mean() - 0.05) < 0.01
+    ops = [op.name for op in run.program.ops()]
+    assert "linalg.depthwise_conv_2d_nchw_chw" in ops
+    shapes = {tuple(run.program.params[n].shape) for n in run.program.params if n.startswith("b.weight.penni")}
+    assert (16, maps.shape[1], 1, 1) in shapes and (maps.shape[1], 3, 3) in shapes
+    check_artifact(run)
+    # refit on the kept support beats keeping the largest calibrated coefficients as they were
+    matrix = run.original.layers()[1].matrix()
+    gram = calibration.gram("b.weight")
+    t = s.input_map()
+    ref = run.result.reference_weights["b.weight"].reshape(16, -1)
+    unrefit = np.where(s.keep, coefficients(matrix, s.bases.astype(np.float64), None, gram, 0.001), 0) @ t.T
+    assert output_error(matrix, ref, gram) < output_error(matrix, unrefit, gram)
+
+
+def test_admm_quantizes_the_published_coefficients_to_int8():
+    penni = {"bases": 3, "layers": "a.weight,b.weight"}
+    model, p = two_convs()
+    ctx = MethodContext(calibration=synthetic_calibration(p, samples=8))
+    Penni().apply(p, options_for(Penni(), penni), ctx)
+    coef = p.structures["a.weight"].param
+    original = p.clone()
+    result = Admm().apply(p, options_for(Admm(), {"quant": "int8"}), ctx)
+    p.verify()
+    assert "solved by ADMM (inside the earlier method's structure, int8)" in changes(Run(model, original, p, result))["a.weight"].action
+    levels = [n for n in p.params if n.startswith("a.weight.penni") and n.endswith(".levels")]
+    assert levels and p.params[levels[0]].dtype == np.int8 and p.params[levels[0]].shape == (8, 12, 1, 1)
+    assert coef not in p.params
+    check_artifact(Run(model, original, p, result))
+
+
+def test_method_contract_with_the_testing_kit():
+    check_method(Penni(), options={"bases": 2}, identity={"bases": 9, "force": "true"}, models=("cnn",))
+
+
+def test_depthwise_and_1x1_convs_and_linear_layers_are_skipped_with_their_reason():
+    (run,) = check_method(Penni(), options={"bases": 2}, models=("cnn",))
+    c = changes(run)
+    assert c["stem.weight"].status == Status.CHANGED
+    assert c["dw.weight"].reason == SkipReason.NOT_PROFITABLE  # a depthwise kernel per channel: bases never pay
+    assert c["pw.weight"].reason == SkipReason.UNSUPPORTED and "1×1" in c["pw.weight"].action
+    assert c["fc1.weight"].reason == SkipReason.UNSUPPORTED
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"bases": 0}, "bases=0: must be an integer >= 1"),
+        ({"coef_keep": 0}, "coef_keep=0.0: must be in (0, 1]"),
+        ({"coef_keep": 1.5}, "coef_keep=1.5: must be in (0, 1]"),
+        ({"energy": 0}, "energy=0.0: must be in (0, 1]"),
+        ({"bases": 10, "layers": "a.weight"}, "bases=10 is above the full rank 9 of layer a.weight's 3×3 kernels"),
+        ({"override": "g.weight:bases=12"}, "bases=12 is above the full rank 9 of layer g.weight's"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(options, message):
+    with pytest.raises(OptionError, match=None) as e:
+        apply(options)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_named_layer_penni_cannot_decompose_is_an_error():
+    with pytest.raises(OptionError) as e:
+        check_method(Penni(), options={"layers": "pw.weight"}, models=("cnn",))
+    assert "layer pw.weight is a 1×1 convolution" in str(e.value)
+
+
+def test_bases_above_the_full_rank_skip_unnamed_layers():
+    run = apply({"bases": 10})
+    assert {c.reason for c in run.result.changes} == {SkipReason.DOES_NOT_FIT}
+
+
+def test_cli_bad_bases_is_one_line_nonzero_exit_and_no_file(tmp_path):
+    from tests.conftest import optc_cli
+
+    out = tmp_path / "m.vmfb"
+    proc = optc_cli("compile", "--plugins", "penni", "--opt", "penni.bases=10", "--opt", "penni.layers=stem.weight", "examples.models:cnn", "-o", str(out))
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].endswith("bases=10 is above the full rank 9 of layer stem.weight's 3×3 kernels: use 1…9, or penni.skip=stem.weight"), proc.stderr
+    assert not list(tmp_path.iterdir())
