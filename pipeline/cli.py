@@ -401,8 +401,12 @@ def run(artifact, inputs, output, target):
         target = target or described["target"]["name"]
         target_options = {k: str(v) for k, v in described["target"]["options"].items() if not isinstance(v, list)}
         expected = [{"shape": list(s["shape"]), "dtype": s["dtype"]} for s in described["inputs"]]
-    # Integer inputs that index a table: their valid range is in the (hash-checked) report.
-    ranges = {i: (int(e["index_range"][0]), int(e["index_range"][1])) for i, e in enumerate(report["inputs"]) if _is_range(e.get("index_range"))} if report else {}
+    # Integer inputs that index a table: their valid range is in the artifact's own
+    # metadata (and in the hash-checked report, for artifacts from before it was).
+    ranges = {}
+    for source in (described, report):
+        if source and not ranges:
+            ranges = {i: (int(e["index_range"][0]), int(e["index_range"][1])) for i, e in enumerate(source["inputs"]) if _is_range(e.get("index_range"))}
     from optc.api import build_options
     from optc.errors import TargetUnavailableError
 

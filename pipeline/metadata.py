@@ -64,13 +64,18 @@ def describe(model_spec: str, loaded: Any, original: Any, program: Any, selectio
     from optc.driver import options_dict
     from optc.report import totals
 
+    from optc.lower import input_index_ranges
+
     inputs, outputs = signature_types(program)
     signature = getattr(loaded.exported, "graph_signature", None)
+    described_inputs = _signature(inputs, list(getattr(signature, "user_inputs", ())), "input")
+    for i, (low, high) in input_index_ranges(original).items():  # so `run` checks indices without the .json
+        described_inputs[i]["index_range"] = [low, high]
     info = {
         "schema": SCHEMA,
         "optc_version": __version__,
         "model": model_spec,
-        "inputs": _signature(inputs, list(getattr(signature, "user_inputs", ())), "input"),
+        "inputs": described_inputs,
         "outputs": _signature(outputs, list(getattr(signature, "user_outputs", ())), "output"),
         "target": {"name": selection.target.name, "options": options_dict(selection.target_options)},
         "methods": [{"name": m.name, "options": options_dict(o)} for m, o in selection.methods],

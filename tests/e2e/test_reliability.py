@@ -49,6 +49,16 @@ def test_run_refuses_an_index_outside_the_embedding_table(tmp_path, embedding_ar
     assert_clean_failure(proc, "table of 50 rows", "[0, 50)", f"found {bad}", out_dir=out)
 
 
+def test_run_checks_indices_from_the_artifact_alone(tmp_path, embedding_artifact):
+    """The valid range travels inside the .vmfb: without its .json, run still refuses."""
+    alone = tmp_path / "alone.vmfb"
+    alone.write_bytes(embedding_artifact.read_bytes())
+    np.save(tmp_path / "tokens.npy", np.array([[1, 2, 50, 0]], np.int64))
+    out = tmp_path / "out"
+    proc = run_optc("run", alone, "--input", tmp_path / "tokens.npy", "--output", out / "y.npy")
+    assert_clean_failure(proc, "table of 50 rows", "[0, 50)", "found 50", out_dir=out)
+
+
 def test_run_accepts_the_last_row_of_the_table(tmp_path, embedding_artifact):
     from tests.e2e.probe_models import embedding
 
