@@ -647,6 +647,18 @@ class LayerRewriter:
                 value = build(w, b)
             self.program.replace(w.op, value)
 
+    def factor_uses(self, a: np.ndarray, b: np.ndarray, tag: str) -> None:
+        """Every use ``init + x·M`` becomes ``init + (x·A)·B`` (M ≈ A·B, A in×r, B r×out),
+        with one pair of constants ``LAYER.TAG_in`` / ``LAYER.TAG_out`` for all uses."""
+        a_val, b_val = self.constant(f"{tag}_in", a), self.constant(f"{tag}_out", b)
+
+        def two_matmuls(w: WeightedOp, build: Builder) -> ir.Value:
+            x, init = w.op.operands[0], w.op.operands[2]
+            t = build.linear(x, a_val, build.zeros(shape_of(x)[:-1] + (a.shape[1],), like=x))
+            return build.linear(t, b_val, init)
+
+        self.each_use(two_matmuls)
+
     def store(self, weights: "np.ndarray | storage.Quantized", *, suffix: str, layout: storage.Layout | None = None, param: str | None = None, dtype: Any = np.float32) -> storage.Stored:
         """Replace the weight's constant (or ``param``) by ``weights`` in ``layout``
         (default: the parameter's own, from an out×in matrix), via ``storage.store``."""

@@ -220,14 +220,7 @@ class AntMan(LayerMethod):
 
             rw.each_use(grouped)
         else:
-            a_val, b_val = rw.constant("antman_in", plan.a), rw.constant("antman_out", plan.b)
-
-            def two_matmuls(w, b):
-                x, init = w.op.operands[0], w.op.operands[2]
-                t = b.linear(x, a_val, b.zeros(shape_of(x)[:-1] + (plan.a.shape[1],), like=x))
-                return b.linear(t, b_val, init)
-
-            rw.each_use(two_matmuls)
+            rw.factor_uses(plan.a, plan.b, "antman")
         return layer.from_matrix(plan.dense.astype(np.float32))
 
 

@@ -20,7 +20,7 @@ from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, S
 from optc.hookspecs import hookimpl
 from optc.builder import Builder
 from optc.errors import OptionError
-from optc.program import Layer, LayerRewriter, WeightedOp, shape_of
+from optc.program import Layer, LayerRewriter, WeightedOp
 from optc.svd import truncated_svd
 
 
@@ -92,14 +92,7 @@ class LowRank(LayerMethod):
     def rewrite(self, layer: Layer, plan: Plan, rw: LayerRewriter) -> np.ndarray:
         if layer.uses[0].conv:
             return rewrite_conv(layer, plan, rw)
-        a_val, b_val = rw.constant("lowrank_in", plan.a), rw.constant("lowrank_out", plan.b)
-
-        def two_matmuls(w, build):
-            x, init = w.op.operands[0], w.op.operands[2]
-            t = build.linear(x, a_val, build.zeros(shape_of(x)[:-1] + (plan.a.shape[1],), like=x))
-            return build.linear(t, b_val, init)
-
-        rw.each_use(two_matmuls)
+        rw.factor_uses(plan.a, plan.b, "lowrank")
         # in the factors' dtype: a float64 product doubled the memory of a big layer
         return layer.from_matrix((plan.a @ plan.b).T.astype(np.float32))
 
