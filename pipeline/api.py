@@ -361,6 +361,15 @@ class Target:
 # --------------------------------------------------------------------------- options
 
 
+def activation_scores(method: str, score: str, ctx: MethodContext) -> bool:
+    """Whether a method's ``score`` option (auto|magnitude|activation) weights
+    importance by the layer's input activations: auto means when --calib was given;
+    activation without --calib is an error."""
+    if score == "activation" and ctx.calibration is None:
+        raise OptionError(f"{method}.score=activation needs calibration data: pass --calib data.npz")
+    return ctx.calibration is not None and score != "magnitude"
+
+
 def layer_selected(layer: str, layers: Sequence[str], skip: Sequence[str]) -> bool:
     """A method's ``layers``/``skip`` fnmatch patterns: in ``layers`` (all when empty) and not in ``skip``."""
     if layers and not any(fnmatch.fnmatchcase(layer, p) for p in layers):

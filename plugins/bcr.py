@@ -31,8 +31,7 @@ import numpy as np
 from torch_mlir import ir
 from torch_mlir.dialects import arith, tensor
 
-from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, option
-from optc.errors import OptionError
+from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, activation_scores, option
 from optc.hookspecs import hookimpl
 from optc.program import Layer, LayerRewriter, Program, WeightedOp, shape_of
 from optc.storage import Layout
@@ -89,8 +88,7 @@ class Bcr(LayerMethod):
     Options = BcrOptions
 
     def start(self, program: Program, options: BcrOptions, ctx: MethodContext) -> None:
-        if options.score == "activation" and ctx.calibration is None:
-            raise OptionError("bcr.score=activation needs calibration data: pass --calib data.npz")
+        activation_scores(self.name, options.score, ctx)  # fail before any layer is planned
 
     def plan(self, layer: Layer, options: BcrOptions, ctx: MethodContext) -> Plan | Skip:
         if layer.kind not in ("matmul", "batch_matmul", "conv2d"):
@@ -102,7 +100,7 @@ class Bcr(LayerMethod):
             return Skip(SkipReason.DOES_NOT_FIT, f"block={block} does not fit layer {layer.name} ({n} output rows): use a block size "
                         f"dividing {n}, bcr.override={layer.name}:block=N, or bcr.skip={layer.name}")
         kc, rb = max(1, round(k * options.col_keep)), max(1, round(block * options.row_keep))
-        use_gram = ctx.calibration is not None and options.score != "magnitude"
+        use_gram = activation_scores(self.name, options.score, ctx)
         cols, rows = choose_blocks(matrix, block, kc, rb, ctx.calibration.gram(layer.name) if use_gram else None)
         structure = BlockColumnRow((n, k), block, cols[:1] if kc == k else cols, rows)  # every column kept: shared
         details = {"block": block, "blocks": n // block, "cols_kept": kc, "rows_kept": rb, "in": k, "out": n,

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 from torch_mlir import ir
 
-from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, option
+from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, activation_scores, option
 from optc.errors import OptionError
 from optc.hookspecs import hookimpl
 from optc.program import Layer, LayerRewriter, Program, WeightedOp, shape_of
@@ -140,8 +140,7 @@ class Partition(LayerMethod):
     Options = PartitionOptions
 
     def start(self, program: Program, options: PartitionOptions, ctx: MethodContext) -> None:
-        if options.score == "activation" and ctx.calibration is None:
-            raise OptionError("partition.score=activation needs calibration data: pass --calib data.npz")
+        activation_scores(self.name, options.score, ctx)  # fail before any layer is planned
 
     def plan(self, layer: Layer, options: PartitionOptions, ctx: MethodContext) -> Plan | Skip:
         if layer.kind not in ("matmul", "batch_matmul"):
@@ -155,7 +154,7 @@ class Partition(LayerMethod):
         if n % parts or k % parts:
             return Skip(SkipReason.DOES_NOT_FIT, f"parts={parts} does not divide layer {layer.name} ({n} outputs × {k} inputs): use a K dividing both, "
                         f"partition.override={layer.name}:parts=N, or partition.skip={layer.name}")
-        use_gram = ctx.calibration is not None and options.score != "magnitude"
+        use_gram = activation_scores(self.name, options.score, ctx)
         importance = matrix.astype(np.float64) ** 2
         if use_gram:
             importance = importance * np.clip(np.diag(ctx.calibration.gram(layer.name)), 0, None)[None, :]

@@ -169,3 +169,15 @@ def test_lowrank_reduction_inf_is_refused():
 
     with pytest.raises(OptionError, match="reduction='inf'"):
         build_options("lowrank", LowRankOptions, {"reduction": "inf"})
+
+
+def test_activation_scores_follow_the_score_option_and_need_calibration():
+    from optc.api import MethodContext, activation_scores
+
+    without, with_calib = MethodContext(), MethodContext(calibration=object())
+    with pytest.raises(OptionError, match=r"bcr\.score=activation needs calibration data"):
+        activation_scores("bcr", "activation", without)
+    assert activation_scores("bcr", "auto", without) is False
+    assert activation_scores("bcr", "auto", with_calib) is True
+    assert activation_scores("bcr", "activation", with_calib) is True
+    assert activation_scores("bcr", "magnitude", with_calib) is False
