@@ -151,6 +151,33 @@ def _split(shape: tuple[int, ...], arr: np.ndarray) -> dict[int, np.ndarray] | N
     return None
 
 
+def _merge_groups(groups: list[list[int]], fine_shape: tuple[int, ...], fine_dims: dict[int, Any]) -> dict[int, Any]:
+    """Through a reshape whose coarse dim i holds the fine dims ``groups[i]``: the
+    channel maps of the coarse dims, from the tracked fine ones."""
+    dims = {}
+    for i, group in enumerate(groups):
+        tracked = {j: fine_dims[d] for j, d in enumerate(group) if d in fine_dims}
+        if tracked:
+            merged = _merge(tuple(fine_shape[d] for d in group), tracked)
+            if merged is None:
+                raise _Unmapped(Why.RESHAPED)
+            dims[i] = merged
+    return dims
+
+
+def _split_groups(groups: list[list[int]], fine_shape: tuple[int, ...], coarse_dims: dict[int, Any]) -> dict[int, Any]:
+    """The inverse direction of :func:`_merge_groups`: the fine dims' channel maps
+    from the tracked coarse ones."""
+    dims = {}
+    for i, group in enumerate(groups):
+        if i in coarse_dims:
+            split = _split(tuple(fine_shape[d] for d in group), coarse_dims[i])
+            if split is None:
+                raise _Unmapped(Why.RESHAPED)
+            dims.update({group[j]: a for j, a in split.items()})
+    return dims
+
+
 def _reassociation(op: ir.Operation) -> list[list[int]]:
     return [[ir.IntegerAttr(d).value for d in ir.ArrayAttr(g)] for g in ir.ArrayAttr(op.attributes["reassociation"])]
 
@@ -249,26 +276,9 @@ def _backward_dims(op: ir.Operation, result_dims: dict[int, np.ndarray]) -> list
             found.append((k, dims))
         return found
     if name == "tensor.expand_shape":
-        res = shape_of(op.results[0])
-        dims = {}
-        for i, group in enumerate(_reassociation(op)):
-            tracked = {j: result_dims[d] for j, d in enumerate(group) if d in result_dims}
-            if tracked:
-                merged = _merge(tuple(res[d] for d in group), tracked)
-                if merged is None:
-                    raise _Unmapped(Why.RESHAPED)
-                dims[i] = merged
-        return [(0, dims)]
+        return [(0, _merge_groups(_reassociation(op), shape_of(op.results[0]), result_dims))]
     if name == "tensor.collapse_shape":
-        src = shape_of(op.operands[0])
-        dims = {}
-        for i, group in enumerate(_reassociation(op)):
-            if i in result_dims:
-                split = _split(tuple(src[d] for d in group), result_dims[i])
-                if split is None:
-                    raise _Unmapped(Why.RESHAPED)
-                dims.update({group[j]: a for j, a in split.items()})
-        return [(0, dims)]
+        return [(0, _split_groups(_reassociation(op), shape_of(op.operands[0]), result_dims))]
     if name == "tensor.pad":
         low, high = _dense_i64(op, "static_low"), _dense_i64(op, "static_high")
         if any(low[d] or high[d] for d in result_dims):
@@ -455,26 +465,9 @@ class _Analysis:
         operands = list(op.operands)
         src = self._activation_dims(operands[0]) if operands else {}
         if name == "tensor.expand_shape":
-            res = shape_of(op.results[0])
-            dims = {}
-            for i, group in enumerate(_reassociation(op)):
-                if i in src:
-                    split = _split(tuple(res[d] for d in group), src[i])
-                    if split is None:
-                        raise _Unmapped(Why.RESHAPED)
-                    dims.update({group[j]: a for j, a in split.items()})
-            self._set(op.results[0], dims)
+            self._set(op.results[0], _split_groups(_reassociation(op), shape_of(op.results[0]), src))
         elif name == "tensor.collapse_shape":
-            shape = shape_of(operands[0])
-            dims = {}
-            for i, group in enumerate(_reassociation(op)):
-                tracked = {j: src[d] for j, d in enumerate(group) if d in src}
-                if tracked:
-                    merged = _merge(tuple(shape[d] for d in group), tracked)
-                    if merged is None:
-                        raise _Unmapped(Why.RESHAPED)
-                    dims[i] = merged
-            self._set(op.results[0], dims)
+            self._set(op.results[0], _merge_groups(_reassociation(op), shape_of(operands[0]), src))
         elif name == "tensor.pad":
             low, high = _dense_i64(op, "static_low"), _dense_i64(op, "static_high")
             if any(low[d] or high[d] for d in src):
