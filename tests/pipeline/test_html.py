@@ -166,8 +166,8 @@ def test_bench_page(compressed: bool):
     assert_self_contained(page)
 
 
-def latency_axes(monkeypatch, report: dict[str, Any]) -> tuple[Any, str]:
-    """The latency chart's axes as drawn by render_html, and the page."""
+def drawn_axes(monkeypatch, report: dict[str, Any]) -> tuple[list[Any], str]:
+    """The first axes of every figure render_html draws (in order), and the page."""
     import matplotlib.pyplot as plt
 
     figures = []
@@ -175,10 +175,16 @@ def latency_axes(monkeypatch, report: dict[str, Any]) -> tuple[Any, str]:
     monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
     page = render_html(report)
     monkeypatch.setattr(plt, "close", close)
-    ax = figures[-1].axes[0]
+    axes = [f.axes[0] for f in figures]
     for fig in figures:
         close(fig)
-    return ax, page
+    return axes, page
+
+
+def latency_axes(monkeypatch, report: dict[str, Any]) -> tuple[Any, str]:
+    """The latency chart's axes as drawn by render_html, and the page."""
+    axes, page = drawn_axes(monkeypatch, report)
+    return axes[-1], page
 
 
 def whisker_spans(ax: Any) -> list[float]:
@@ -355,16 +361,8 @@ def with_simulation(report: dict[str, Any]) -> dict[str, Any]:
 
 def cycle_axes(monkeypatch, report: dict[str, Any]) -> tuple[Any, str]:
     """The simulated-cycles chart's axes as drawn by render_html, and the page."""
-    import matplotlib.pyplot as plt
-
-    figures = []
-    close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
-    page = render_html(report)
-    monkeypatch.setattr(plt, "close", close)
-    (ax,) = [f.axes[0] for f in figures if f.axes[0].get_title() == "Simulated cycles per layer"]
-    for fig in figures:
-        close(fig)
+    axes, page = drawn_axes(monkeypatch, report)
+    (ax,) = [a for a in axes if a.get_title() == "Simulated cycles per layer"]
     return ax, page
 
 
