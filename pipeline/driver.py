@@ -162,6 +162,7 @@ class Compiled:
     calibration: dict[str, Any] | None = None  # {"path", "samples"}
     accuracy: dict[str, Any] | None = None  # top-1 on --eval: original, compressed reference, artifact
     passes: list[MethodResult] = dataclasses.field(default_factory=list)  # built-in passes after the methods
+    index_ranges: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)  # input -> [low, high) of an index input
 
 
 def compile_model(
@@ -199,7 +200,7 @@ def compile_model(
     ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir, progress=progress, model=loaded)
     results = apply_methods(program, sel.methods, ctx, progress=log)
     passes = [time_batch(program)] if time_batching else []  # after the methods: see optc.time_batching
-    annotate(program, describe(model_spec, loaded, original, program, sel, labels))  # the artifact describes itself
+    annotate(program, describe(model_spec, loaded, original, program, sel, labels, ranges))  # the artifact describes itself
     runnable, why = sel.target.runs_here(sel.target_options)
     for options in [sel.target_options] + ([] if runnable else [sel.target.portable_options(sel.target_options)]):
         ok, missing = sel.target.supports(program, options)
@@ -232,7 +233,7 @@ def compile_model(
         if accuracy is not None and r.evaluate is not None:
             accuracy[r.method] = r.evaluate(evaluation)
     calibration = {"path": str(calib), "samples": len(samples)} if samples is not None else None
-    return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with, calibration, accuracy, passes)
+    return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with, calibration, accuracy, passes, ranges)
 
 
 def _host_runner(program: Any) -> Callable[..., list[np.ndarray]]:

@@ -58,8 +58,12 @@ def _signature(types: list[str], names: Sequence[str], prefix: str) -> list[dict
     return sig
 
 
-def describe(model_spec: str, loaded: Any, original: Any, program: Any, selection: Any, labels: Sequence[str] = ()) -> dict[str, Any]:
-    """The metadata of a compile: what ``annotate`` writes into the artifact."""
+def describe(
+    model_spec: str, loaded: Any, original: Any, program: Any, selection: Any, labels: Sequence[str] = (),
+    index_ranges: dict[int, tuple[int, int]] | None = None,
+) -> dict[str, Any]:
+    """The metadata of a compile: what ``annotate`` writes into the artifact
+    (``index_ranges``: from ``lower.input_index_ranges(original)``, found here if not given)."""
     from optc import __version__
     from optc.driver import options_dict
     from optc.report import totals
@@ -69,7 +73,9 @@ def describe(model_spec: str, loaded: Any, original: Any, program: Any, selectio
     inputs, outputs = signature_types(program)
     signature = getattr(loaded.exported, "graph_signature", None)
     described_inputs = _signature(inputs, list(getattr(signature, "user_inputs", ())), "input")
-    for i, (low, high) in input_index_ranges(original).items():  # so `run` checks indices without the .json
+    if index_ranges is None:
+        index_ranges = input_index_ranges(original)
+    for i, (low, high) in index_ranges.items():  # so `run` checks indices without the .json
         described_inputs[i]["index_range"] = [low, high]
     info = {
         "schema": SCHEMA,

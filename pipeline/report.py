@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from optc.api import MethodResult
 from optc.errors import first_line
-from optc.lower import input_index_ranges
 from optc.program import LayerStats, Program
 
 if TYPE_CHECKING:
@@ -139,7 +138,7 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
         "totals": totals(c.original, c.program),
         "verification": verification,
         "artifact": {"path": artifact_path, "bytes": len(c.artifact.vmfb), "compile_seconds": c.artifact.compile_seconds},
-        "inputs": input_signature(c.program.example_inputs, input_index_ranges(c.original)),
+        "inputs": input_signature(c.program.example_inputs, c.index_ranges),
         **({"calibration": c.calibration} if c.calibration else {}),
         **({"accuracy": c.accuracy} if c.accuracy else {}),
         **c.artifact.extra_report,
