@@ -196,8 +196,11 @@ class Admm(LayerMethod):
             if layer.structure is not None and mode != "structure":
                 method = layer.structure.method
                 raise OptionError(f"admm.prune={mode}: layer {layer.name} already has {method}'s structure; use admm.prune=structure (or auto) after {method}")
+            m = options.for_layer(layer.name).m
             if layer.structure is None and mode == "structure" and options.quant == "none":
                 plans[layer.name] = Skip(SkipReason.NOTHING_TO_DO, "no earlier method's structure to solve in, and no quantization")
+            elif layer.structure is None and mode == "nm" and layer.in_dim % m:
+                plans[layer.name] = Skip(SkipReason.DOES_NOT_FIT, f"{layer.name} has {layer.in_dim} inputs: N:M groups of m={m} do not divide them")
             else:
                 todo.append((layer, mode, layer.matrix(), layer.structure.mask() if layer.structure is not None else None))
         solved: dict[str, np.ndarray] = {}  # layer -> its solved weights, parameter layout
@@ -223,8 +226,6 @@ class Admm(LayerMethod):
         elif mode == "unstructured":
             mask_of = lambda v: unstructured_mask(v, options.density)  # noqa: E731
         elif mode == "nm":
-            if matrix.shape[1] % options.m:
-                raise OptionError(f"admm: N:M groups of m={options.m} do not fit layer {layer} ({matrix.shape[1]} inputs)")
             mask_of = lambda v: nm_mask(v, options.n, options.m)  # noqa: E731
         else:
             mask_of = lambda v: np.ones(v.shape, dtype=bool)  # noqa: E731

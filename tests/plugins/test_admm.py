@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optc.api import MethodContext, build_options
+from optc.api import MethodContext, SkipReason, build_options
 from optc.calibration import Calibration, Samples
 from optc.driver import _host_runner
 from optc.errors import OptionError
@@ -140,10 +140,20 @@ def test_structure_mode_without_an_earlier_structure_is_an_error():
         run_admm(p, MethodContext(calibration=calibration_for(p)), prune="structure")
 
 
-def test_nm_groups_that_do_not_fit_are_an_error():
+def test_nm_groups_that_do_not_fit_are_skipped_unless_named():
+    # Method API v2: a setting that does not fit a layer's shape skips it with the reason;
+    # naming the layer makes it an error.
     _, p = lowered("mlp")
-    with pytest.raises(OptionError, match="m=3 do not fit layer 0.weight"):
-        run_admm(p, MethodContext(calibration=calibration_for(p)), prune="nm", n=1, m=3, iterations=2)
+    ctx = MethodContext(calibration=calibration_for(p))
+    in_dims = {layer.name: layer.in_dim for layer in p.layers()}
+    result = run_admm(p, ctx, prune="nm", n=1, m=3, iterations=2)
+    skipped = {c.layer for c in result.changes if c.reason is SkipReason.DOES_NOT_FIT and "do not divide" in c.action}
+    assert skipped == {name for name, k in in_dims.items() if k % 3}
+    assert skipped, "the mlp must have a layer whose inputs m=3 does not divide"
+    _, p = lowered("mlp")
+    named = sorted(skipped)[0]
+    with pytest.raises(OptionError, match=f"{named}.*do not divide"):
+        run_admm(p, MethodContext(calibration=calibration_for(p)), prune="nm", n=1, m=3, iterations=2, layers=named)
 
 
 def test_method_contract_with_the_testing_kit():
