@@ -17,51 +17,55 @@ from typing import Any
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from optc.targets.cpu import FAST_FLAGS  # noqa: E402
+from optc.targets.cpu import FAST_FLAGS, CpuOptions  # noqa: E402
 
 IM2COL = "--iree-global-opt-use-im2col-for-convs"
 CHANNELS_LAST = "iree-preprocessing-convert-conv-to-channels-last"
-# IREE's Winograd F(6x6, 3x3) (8x8 input tiles) for 3x3 stride-1 dilation-1
-# NCHW/NHWC convs; without replace-all-convs only convs tagged __winograd_conv
-# (tag_winograd_convs). It matches convs before and after channels-last.
+# IREE's Winograd pass on every 3x3 stride-1 dilation-1 conv (the target's
+# default runs it only on the convs targets/cpu.py tags: see WINOGRAD_MIN_OUTPUT).
 WINOGRAD_ALL = "iree-linalg-ext-convert-conv2d-to-winograd{replace-all-convs=true}"
 WINOGRAD_TAGGED = "iree-linalg-ext-convert-conv2d-to-winograd"
-# The 8x8 transformed filters are 7.1x the 3x3 ones; past IREE's default size
-# limit for hoisting constant expressions they are re-transformed and re-packed
-# on every call (57% + 23% of ResNet-18's dispatch time, measured). Hoisted,
-# const-eval folds them into the artifact at compile time.
-HOIST_ANY_SIZE = "--iree-opt-const-expr-max-size-increase-threshold=1000000000000"
 
 
 def pipeline(*passes: str) -> str:
     return f"--iree-preprocessing-pass-pipeline=builtin.module(util.func({','.join(passes)}))"
 
 
-def defaults(drop: tuple[str, ...] = (), preprocessing: tuple[str, ...] | None = None, add: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The cpu target's default flags without ``drop``, with another
-    preprocessing pipeline (its passes), plus ``add``."""
+def flag_set(drop: tuple[str, ...] = (), preprocessing: tuple[str, ...] | None = None, add: tuple[str, ...] = ()) -> CpuOptions:
+    """The cpu target's fast flags without ``drop``, with another preprocessing
+    pipeline (its passes), plus ``add``; no conv is tagged for Winograd."""
     flags = [f for f in FAST_FLAGS if f not in drop and not (preprocessing is not None and f.startswith("--iree-preprocessing-pass-pipeline"))]
     if preprocessing:
         flags.append(pipeline(*preprocessing))
-    return (*flags, *add)
+    return CpuOptions(fast=False, flags=(*flags, *add))
 
 
-# Each set is the whole flag list after --iree-llvmcpu-target-cpu. "fast" is the
-# first three default flags, as they were before the first sweep, so the rows of
-# that sweep stay comparable.
+# Each set is the cpu target's options: either the default fast set with another
+# Winograd threshold (CpuOptions.winograd), or a whole flag list after
+# --iree-llvmcpu-target-cpu. "fast" is the first three fast flags, as they were
+# before the first sweep, so the rows of that sweep stay comparable.
 BASE = FAST_FLAGS[:3]
-FLAG_SETS: dict[str, tuple[str, ...]] = {
-    "host only": (),
-    "default (all fast flags)": FAST_FLAGS,
-    "fast": BASE,
-    "fast + aggressive fusion": (*BASE, "--iree-dispatch-creation-enable-aggressive-fusion"),
-    "fast + ukernels": (*BASE, "--iree-llvmcpu-enable-ukernels=all"),
-    "fast + ukernels + aggressive fusion": (*BASE, "--iree-llvmcpu-enable-ukernels=all", "--iree-dispatch-creation-enable-aggressive-fusion"),
-    "fast + aggressive fusion + channels-last": (*BASE, "--iree-dispatch-creation-enable-aggressive-fusion", pipeline(CHANNELS_LAST)),
+HOIST_ANY_SIZE = "--iree-opt-const-expr-max-size-increase-threshold=1000000000000"
+FLAG_SETS: dict[str, CpuOptions] = {
+    "host only": CpuOptions(fast=False),
+    "default": CpuOptions(),
+    "default without winograd": CpuOptions(winograd=0),
+    "default with winograd >= 56x56": CpuOptions(winograd=56),
+    "default with winograd >= 14x14": CpuOptions(winograd=14),
+    "default with winograd >= 7x7": CpuOptions(winograd=7),
+    # IREE folds the transpose that splits a fused q/k/v projection into the
+    # matmul, turning one 128x768x256 matmul into a 3x128x256x256 batch
+    # (each packs its own input): BERT-shaped encoder, below.
+    "default without transpose propagation": CpuOptions(flags=("--iree-global-opt-propagate-transposes=false",)),
+    "fast": CpuOptions(fast=False, flags=BASE),
+    "fast + aggressive fusion": CpuOptions(fast=False, flags=(*BASE, "--iree-dispatch-creation-enable-aggressive-fusion")),
+    "fast + ukernels": CpuOptions(fast=False, flags=(*BASE, "--iree-llvmcpu-enable-ukernels=all")),
+    "fast + ukernels + aggressive fusion": CpuOptions(fast=False, flags=(*BASE, "--iree-llvmcpu-enable-ukernels=all", "--iree-dispatch-creation-enable-aggressive-fusion")),
+    "fast + aggressive fusion + channels-last": CpuOptions(fast=False, flags=(*BASE, "--iree-dispatch-creation-enable-aggressive-fusion", pipeline(CHANNELS_LAST))),
     # Convolution candidates (issue 10, item 3): ways around im2col materialization.
     # ResNet-18-shaped, batch 1, 2 threads, 2026-11-23 on a 2-core machine that other
     # processes kept 83-91% busy (so absolute ms are ~10x quiet ones; compare rows
-    # of one run only). Medians, default ÷ this (p10-p90 of each row overlap):
+    # of one run only). Medians, (im2col, no Winograd) ÷ this (p10-p90 of each row overlap):
     #   - im2col (direct conv, data tiling on matmuls only)  0.10x   run 1
     #   - im2col + conv data tiling (experimental in 3.13)    0.10x   run 1
     #   + winograd, all 3x3 stride-1 convs                    0.17x   run 1 (filters
@@ -71,34 +75,13 @@ FLAG_SETS: dict[str, tuple[str, ...]] = {
     #   + winograd on tagged convs (>= 56x56) + hoisted      1.20x   run 4, 48.2 MiB
     #   + winograd on tagged convs (>= 28x28) + hoisted      1.61x, 1.43x (runs 4, 2), 58.5 MiB
     #   + winograd on tagged convs (>= 14x14) + hoisted      1.52x   run 3
-    "default - im2col": defaults(drop=(IM2COL,)),
-    "default - im2col + conv data tiling": defaults(drop=(IM2COL,), add=tuple(
+    # The >= 28x28 row became the target's default ("default").
+    "no im2col": flag_set(drop=(IM2COL,)),
+    "no im2col + conv data tiling": flag_set(drop=(IM2COL,), add=tuple(
         f"--iree-dispatch-creation-experimental-set-data-tiling-ops={ops}" for ops in ("matmul", "scaled_matmul", "convolution"))),
-    "default + winograd before channels-last": defaults(preprocessing=(WINOGRAD_ALL, CHANNELS_LAST)),
-    "default + winograd after channels-last": defaults(preprocessing=(CHANNELS_LAST, WINOGRAD_ALL)),
-    "default + winograd + hoisted filters": defaults(preprocessing=(WINOGRAD_ALL, CHANNELS_LAST), add=(HOIST_ANY_SIZE,)),
-    "default + winograd on tagged convs + hoisted filters": defaults(preprocessing=(WINOGRAD_TAGGED, CHANNELS_LAST), add=(HOIST_ANY_SIZE,)),
+    "winograd on all 3x3 convs": flag_set(preprocessing=(WINOGRAD_ALL, CHANNELS_LAST)),
+    "winograd on all 3x3 convs + hoisted filters": flag_set(preprocessing=(WINOGRAD_ALL, CHANNELS_LAST), add=(HOIST_ANY_SIZE,)),
 }
-
-
-def tag_winograd_convs(program: Any, min_size: int) -> int:
-    """Tag every 3x3 stride-1 NCHW conv whose output is at least min_size x
-    min_size for IREE's Winograd pass, and return how many. Small outputs pay
-    for Winograd's padding to 6x6 tiles (7x7 -> 12x12) and read 7.1x more
-    filter bytes per output tile, so they stay on im2col."""
-    from torch_mlir import ir
-
-    tagged = 0
-    for op in program.ops():
-        if op.name != "linalg.conv_2d_nchw_fchw":
-            continue
-        kernel, out = op.operands[1].type.shape, op.results[0].type.shape
-        strides = list(ir.DenseIntElementsAttr(op.attributes["strides"]))
-        dilations = list(ir.DenseIntElementsAttr(op.attributes["dilations"]))
-        if kernel[2:] == [3, 3] and strides == [1, 1] and dilations == [1, 1] and min(out[2:]) >= min_size:
-            op.attributes["__winograd_conv"] = ir.UnitAttr.get(program.context)
-            tagged += 1
-    return tagged
 
 
 def main() -> None:
@@ -109,7 +92,6 @@ def main() -> None:
     ap.add_argument("--min-seconds", type=float, default=5.0)
     ap.add_argument("--min-rounds", type=int, default=20)
     ap.add_argument("--sets", default="", help="comma-separated names of FLAG_SETS to run (default all)")
-    ap.add_argument("--winograd-min-size", type=int, default=28, help="tag 3x3 stride-1 convs with outputs at least this big for the 'tagged' Winograd set")
     args = ap.parse_args()
 
     from optc.bench import BURST, OtherLoad, artifact_worker, eager_worker, time_interleaved
@@ -122,7 +104,6 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown flag sets {unknown}; known: {list(FLAG_SETS)}")
     loaded, program = load_and_lower(args.model, False, (), args.batch)
-    log(f"{tag_winograd_convs(program, args.winograd_min_size)} convs tagged for Winograd (>= {args.winograd_min_size}x{args.winograd_min_size} outputs)")
     inputs = program.example_inputs
     reference = eager_outputs(loaded.module, inputs)
     target = CpuTarget()
@@ -130,7 +111,7 @@ def main() -> None:
         runners = {"eager": stack.enter_context(eager_worker(args.model, inputs, args.threads))}
         chosen = [s for s in FLAG_SETS if not args.sets or s in args.sets.split(",")]
         for name in chosen:
-            opts = CpuOptions(fast=False, flags=FLAG_SETS[name])
+            opts = FLAG_SETS[name]
             log(f"compiling '{name}': {' '.join(target.flags(opts))}")
             try:
                 art = target.compile(program, opts)

@@ -7,7 +7,7 @@ under `iree-benchmark-module` with HAL host-execution profiling, and prints
 the top dispatches from `iree-profile statistics`.
 
     .venv/bin/python benchmarks/profile_dispatches.py examples.reference_models:lstm [--threads 2] [--top 15] [--flag=...]
-        [--set "default + winograd before channels-last"]   # a flag set of cpu_flags.py
+        [--set "default with winograd >= 14x14"]   # a flag set of cpu_flags.py
         [--plugins bcr --opt bcr.block=512 ...]
 """
 
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 warnings.filterwarnings("ignore")
@@ -54,7 +55,8 @@ def main() -> None:
     if args.flag_set:
         from cpu_flags import FLAG_SETS  # this directory is on sys.path when run as a script
 
-        opts = CpuOptions(fast=False, flags=(*FLAG_SETS[args.flag_set], *args.flag))
+        chosen = FLAG_SETS[args.flag_set]
+        opts = replace(chosen, flags=(*chosen.flags, *args.flag))
     else:
         opts = CpuOptions(flags=tuple(args.flag))
     art = CpuTarget().compile(program, opts)

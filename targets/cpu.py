@@ -31,15 +31,36 @@ from optc.targets.iree_common import IreeSession, compile_program
 # ("exceeded stack allocation limit"); its gain above was within the noise, so
 # the fast set turns it off explicitly. Should the fast set still fail on some
 # module, compile() retries with the safe set and the report says so.
-_CHANNELS_LAST = "builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))"
+#
+# Winograd: IREE's F(6x6, 3x3) rewrite (8x8 input tiles) of the 3x3 stride-1
+# convs that prepare_winograd() marks with ``__winograd_conv`` — those whose output
+# is at least WINOGRAD_MIN_OUTPUT on each side. Smaller outputs pay for padding
+# to 6x6 tiles (7x7 -> 12x12) and read 7.1x more filter bytes per tile, so they
+# stay on im2col. It runs before channels-last, on torch's NCHW convs.
+# ResNet-18-shaped, batch 1, 2 threads, benchmarks/cpu_flags.py, one interleaved
+# run with other processes at 0% (2026-11-23): eager 39.77 ms; Winograd >= 28x28
+# 39.95, >= 14x14 39.39, >= 7x7 42.37, none 48.61 (1.22x slower). Earlier busy
+# runs: 1.43x and 1.61x at >= 28x28, 1.20x at >= 56x56, 1.52x at >= 14x14.
+# IREE 3.13's pass drops the conv's initial value (torch's bias), so
+# prepare_winograd() moves a bias out of each tagged conv.
+_PREPROCESSING = ("builtin.module(util.func(iree-linalg-ext-convert-conv2d-to-winograd,"
+                  "iree-preprocessing-convert-conv-to-channels-last))")
 FAST_FLAGS = (
     "--iree-global-opt-use-im2col-for-convs",
     "--iree-opt-data-tiling",
     "--iree-opt-level=O3",
     "--iree-llvmcpu-enable-ukernels=all",
     "--iree-dispatch-creation-enable-aggressive-fusion=false",
-    f"--iree-preprocessing-pass-pipeline={_CHANNELS_LAST}",
+    f"--iree-preprocessing-pass-pipeline={_PREPROCESSING}",
 )
+# The transformed 8x8 filters are 7.1x the 3x3 ones: past IREE's default size
+# limit for hoisting constant expressions they are re-transformed and re-packed
+# on every call (57% + 23% of ResNet-18's dispatch time, measured). Hoisted,
+# const-eval computes them once at compile time. Added only when some conv is
+# tagged, so other models compile as before.
+HOIST_WINOGRAD_FILTERS = "--iree-opt-const-expr-max-size-increase-threshold=1000000000000"
+WINOGRAD_MIN_OUTPUT = 28
+WINOGRAD_TAG = "__winograd_conv"
 
 _CPU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -47,12 +68,15 @@ _CPU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 @dataclass
 class CpuOptions:
     cpu: str = option("host", "LLVM CPU name to generate code for (host = this machine)")
-    fast: bool = option(True, "use the measured fast flag set (im2col, data tiling, O3, ukernels, channels-last convs); falls back to the safe set if it fails")
+    fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs); falls back to the safe set if it fails")
+    winograd: int = option(WINOGRAD_MIN_OUTPUT, "with fast: Winograd F(6x6,3x3) for 3x3 stride-1 convs whose output is at least this many pixels on each side (0 = never)")
     flags: tuple[str, ...] = option((), "extra IREE compiler flags, comma-separated (for experiments; see benchmarks/cpu_flags.py)")
 
     def validate(self) -> None:
         if not _CPU_NAME.match(self.cpu):
             raise ValueError(f"cpu={self.cpu!r}: expected an LLVM CPU name such as host, x86-64-v3 or skylake")
+        if self.winograd < 0:
+            raise ValueError(f"winograd={self.winograd}: expected a minimum output size >= 1, or 0 for never")
         bad = [f for f in self.flags if not f.startswith("--")]
         if bad:
             raise ValueError(f"flags: {bad[0]!r} is not a compiler flag (flags start with --)")
@@ -63,15 +87,19 @@ class CpuTarget(Target):
     summary = "IREE llvm-cpu for the host CPU, runtime driver local-task"
     Options = CpuOptions
 
-    def flags(self, options: CpuOptions) -> list[str]:
+    def flags(self, options: CpuOptions, winograd: bool = False) -> list[str]:
+        """The iree-compile flags; ``winograd``: some conv is tagged for it."""
         flags = [f"--iree-llvmcpu-target-cpu={options.cpu}"]
         if options.fast:
             flags += FAST_FLAGS
+            if winograd:
+                flags.append(HOIST_WINOGRAD_FILTERS)
         return flags + list(options.flags)
 
     def compile(self, program: Program, options: Any) -> Artifact:
         try:
-            artifact = compile_program(program, self.name, "llvm-cpu", self.flags(options), options)
+            prepared, tagged = prepare_winograd(program, options.winograd if options.fast else 0)
+            artifact = compile_program(prepared, self.name, "llvm-cpu", self.flags(options, winograd=tagged > 0), options)
         except CompileError as fast_error:
             if not options.fast:
                 raise
@@ -83,6 +111,62 @@ class CpuTarget(Target):
 
     def open(self, artifact_vmfb: bytes, options: Any) -> Session:
         return IreeSession(artifact_vmfb, "local-task")
+
+
+def winograd_convs(program: Program, min_output: int) -> list[Any]:
+    """The 3x3 stride-1 dilation-1 NCHW convs (in any function of the module)
+    whose output is at least ``min_output`` on each side."""
+    from torch_mlir import ir
+
+    found: list[Any] = []
+
+    def visit(op: Any) -> None:
+        for region in op.regions:
+            for block in region.blocks:
+                for nested in block.operations:
+                    visit(nested.operation)
+        if op.name != "linalg.conv_2d_nchw_fchw":
+            return
+        strides = list(ir.DenseIntElementsAttr(op.attributes["strides"]))
+        dilations = list(ir.DenseIntElementsAttr(op.attributes["dilations"]))
+        kernel_hw, out_hw = op.operands[1].type.shape[2:], op.results[0].type.shape[2:]
+        if kernel_hw == [3, 3] and strides == [1, 1] and dilations == [1, 1] and min(out_hw) >= min_output:
+            found.append(op)
+
+    if min_output > 0:
+        visit(program.module.operation)
+    return found
+
+
+def prepare_winograd(program: Program, min_output: int) -> tuple[Program, int]:
+    """A copy of ``program`` whose winograd_convs() are tagged for IREE's Winograd
+    pass, and how many; ``program`` itself when there are none. IREE 3.13's
+    pass drops the conv's initial value (torch's bias: measured 2% error on a
+    biased conv), so a conv that does not start from zeros starts from zeros in
+    the copy and its initial value is added after it."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import linalg
+
+    from optc.builder import Builder
+    from optc.time_batching import is_zero_fill
+
+    if not winograd_convs(program, min_output):
+        return program, 0
+    copy = program.clone()
+    convs = winograd_convs(copy, min_output)
+    for conv in convs:
+        x, weight, init = conv.operands
+        if not is_zero_fill(init):
+            with Builder(copy, before=conv) as b:
+                out = conv.results[0]
+                zero_start = linalg.conv_2d_nchw_fchw(x, weight, outs=[b.zeros(out.type.shape, out)],
+                                                      strides=[1, 1], dilations=[1, 1])
+                summed = b.generic([zero_start, init], init, ["(n, c, h, w) -> (n, c, h, w)"] * 3, lambda y, i, _: b.add(y, i))
+            out.replace_all_uses_with(summed)
+            conv.erase()
+            conv = zero_start.owner
+        conv.attributes[WINOGRAD_TAG] = ir.UnitAttr.get(copy.context)
+    return copy, len(convs)
 
 
 @hookimpl

@@ -117,3 +117,23 @@ class _Branch(nn.Module):
 
 def branch() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return _Branch().eval(), (torch.randn(2, 4),)
+
+
+class _ConvKinds(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.big = nn.Conv2d(4, 8, 3, padding=1)  # 3x3 stride 1, 30x30 out: Winograd's shape
+        self.dilated = nn.Conv2d(8, 8, 3, padding=2, dilation=2)
+        self.pointwise = nn.Conv2d(8, 8, 1)
+        self.strided = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.small = nn.Conv2d(8, 8, 3, padding=1)  # 3x3 stride 1, 15x15 out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.pointwise(self.dilated(self.big(x))))
+        return self.small(self.strided(y)).mean(dim=(2, 3))
+
+
+def conv_kinds() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """One conv of each kind the cpu target tells apart for Winograd."""
+    torch.manual_seed(0)
+    return _ConvKinds().eval(), (torch.randn(1, 4, 30, 30),)

@@ -92,3 +92,101 @@ def test_empty_or_malformed_cpu_options_are_refused(assignments):
 
     with pytest.raises(OptionError, match="cpu: "):
         build_options("cpu", CpuOptions, assignments)
+
+
+# Of conv_kinds' five convs only the 3x3 stride-1 one with a 30x30 output is
+# Winograd's (the dilated, 1x1 and strided ones never are; the 15x15 one is
+# below the default minimum output size). It has a bias, which IREE's Winograd
+# pass would drop: the tagged conv starts from zeros and the bias is added after.
+WINOGRAD_TAG_CHECKS = """
+// CHECK:      %[[ZEROS:.+]] = linalg.fill
+// CHECK-NEXT: %[[CONV:.+]] = linalg.conv_2d_nchw_fchw {__winograd_conv, dilations = dense<1> {{.*}}strides = dense<1> {{.*}}outs(%[[ZEROS]] : tensor<1x8x30x30xf32>)
+// CHECK-NEXT: linalg.generic {{.*}}ins(%[[CONV]], %[[BIAS:[a-z0-9_]+]] : tensor<1x8x30x30xf32>, tensor<1x8x30x30xf32>)
+// CHECK-NEXT: ^bb0
+// CHECK-NEXT: arith.addf
+// CHECK-NOT:  __winograd_conv
+// CHECK:      linalg.conv_2d_nchw_fchw {dilations = dense<2>
+// CHECK-NOT:  __winograd_conv
+// CHECK:      linalg.conv_2d_nchw_fchw {dilations = dense<1> {{.*}}tensor<8x8x1x1xf32>
+// CHECK-NOT:  __winograd_conv
+// CHECK:      linalg.conv_2d_nchw_fchw {dilations = dense<1> {{.*}}strides = dense<2>
+// CHECK-NOT:  __winograd_conv
+// CHECK:      linalg.conv_2d_nchw_fchw {dilations = dense<1> {{.*}}strides = dense<1> {{.*}} -> tensor<1x8x15x15xf32>
+// CHECK-NOT:  __winograd_conv
+"""
+# ... and IREE's preprocessing (the fast set) turns that one, and only it, into
+# Winograd's filter/input/output transforms.
+WINOGRAD_PREPROCESSED_CHECKS = """
+// CHECK:          iree_linalg_ext.winograd.filter_transform output_tile_size(6) kernel_size(3) {{.*}}tensor<8x4x3x3xf32>
+// CHECK:          iree_linalg_ext.winograd.input_transform output_tile_size(6) kernel_size(3) {{.*}}tensor<1x4x32x32xf32>
+// CHECK:          iree_linalg_ext.winograd.output_transform output_tile_size(6) kernel_size(3) {{.*}}-> tensor<1x8x30x30xf32>
+// CHECK-NOT:      iree_linalg_ext.winograd
+// CHECK-COUNT-4:  linalg.conv_2d_nhwc_hwcf
+// CHECK-NOT:      iree_linalg_ext.winograd
+"""
+
+
+def _filecheck(tmp_path, checks: str, text: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "checks").write_text(checks)
+    proc = subprocess.run([str(Path(sys.executable).parent / "filecheck"), str(tmp_path / "checks")], input=text, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_winograd_tags_only_large_3x3_stride_1_convs_and_iree_rewrites_those(tmp_path):
+    from optc.targets.cpu import WINOGRAD_MIN_OUTPUT, WINOGRAD_TAG, prepare_winograd
+    from optc.targets.iree_common import run_iree_compile
+
+    _, p = _probe("conv_kinds")
+    before = p.to_text()
+    prepared, tagged = prepare_winograd(p, WINOGRAD_MIN_OUTPUT)
+    assert tagged == 1 and prepared is not p
+    _filecheck(tmp_path, WINOGRAD_TAG_CHECKS, prepared.to_text())
+    flags = CpuTarget().flags(CpuOptions(), winograd=True)
+    preprocessed = run_iree_compile(prepared.to_bytecode(), "llvm-cpu", [*flags, "--compile-to=preprocessing", "--mlir-print-debuginfo=false"])
+    _filecheck(tmp_path, WINOGRAD_PREPROCESSED_CHECKS, preprocessed.decode())
+    assert p.to_text() == before and WINOGRAD_TAG not in before  # the program itself is left as it was
+    assert prepare_winograd(p, 15)[1] == 2
+    assert prepare_winograd(p, 0) == (p, 0)
+
+
+def test_winograd_flags_hoist_filters_only_when_a_conv_is_tagged():
+    from optc.targets.cpu import HOIST_WINOGRAD_FILTERS
+
+    t = CpuTarget()
+    assert HOIST_WINOGRAD_FILTERS in t.flags(CpuOptions(), winograd=True)
+    assert HOIST_WINOGRAD_FILTERS not in t.flags(CpuOptions())
+    assert HOIST_WINOGRAD_FILTERS not in t.flags(CpuOptions(fast=False), winograd=True)
+
+
+@pytest.mark.parametrize("spec, winograd", [("tests.e2e.probe_models:conv_kinds", 1), ("examples.models:cnn", 28)])
+def test_default_flags_with_winograd_stay_within_compile_tolerance(spec, winograd):
+    """Winograd F(6x6,3x3) is not exact in float32: its artifact must still meet
+    the tolerance `optc compile` checks (1e-4 relative), here with room to spare
+    (conv_kinds: two biased convs; cnn: the default threshold, a bias-free stem)."""
+    from optc.load import load_model
+    from optc.lower import lower
+    from optc.targets.cpu import winograd_convs
+    from optc.verify import DEFAULT_TOLERANCE
+
+    model = load_model(spec)
+    p = lower(model)
+    assert winograd_convs(p, winograd)
+    t = CpuTarget()
+    opts = CpuOptions(winograd=winograd)
+    art = t.compile(p, opts)
+    assert art.flags_used == "fast" and art.vmfb.count(b"winograd_input_transform_") >= len(winograd_convs(p, winograd))
+    err = compare(t.open(art.vmfb, opts)(*p.example_inputs), eager_outputs(model.module, p.example_inputs))
+    assert err.max_rel <= DEFAULT_TOLERANCE / 10, err
+
+
+def test_winograd_option_is_validated():
+    from optc.api import build_options
+    from optc.errors import OptionError
+
+    assert build_options("cpu", CpuOptions, {"winograd": "0"}).winograd == 0
+    with pytest.raises(OptionError, match="winograd"):
+        build_options("cpu", CpuOptions, {"winograd": "-1"})
