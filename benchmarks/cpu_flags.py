@@ -54,8 +54,12 @@ FLAG_SETS: dict[str, CpuOptions] = {
     "default with winograd >= 14x14": CpuOptions(winograd=14),
     "default with winograd >= 7x7": CpuOptions(winograd=7),
     # IREE folds the transpose that splits a fused q/k/v projection into the
-    # matmul, turning one 128x768x256 matmul into a 3x128x256x256 batch
-    # (each packs its own input): BERT-shaped encoder, below.
+    # matmul, turning one 128x768x256 matmul into a 3x128x256x256 batch. BERT-
+    # shaped encoder, profile_dispatches.py: 0.69 ms per q/k/v launch with it,
+    # 0.52 + 0.04 (transpose) without. Not adopted: an A/B (1 thread, load ~3)
+    # was 1.13x faster on the reference encoder but 0.89x on one with distinct
+    # weights per layer (the reference's layers are copies, and without
+    # propagation IREE dedups them: 13.7 -> 4.3 MB artifact).
     "default without transpose propagation": CpuOptions(flags=("--iree-global-opt-propagate-transposes=false",)),
     "fast": CpuOptions(fast=False, flags=BASE),
     "fast + aggressive fusion": CpuOptions(fast=False, flags=(*BASE, "--iree-dispatch-creation-enable-aggressive-fusion")),
