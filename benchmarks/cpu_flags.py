@@ -12,7 +12,6 @@ import contextlib
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
 
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -101,7 +100,7 @@ def main() -> None:
     from optc.bench import BURST, OtherLoad, artifact_worker, eager_worker, time_interleaved
     from optc.driver import load_and_lower, log
     from optc.errors import CompileError
-    from optc.targets.cpu import CpuOptions, CpuTarget
+    from optc.targets.cpu import CpuTarget, winograd_convs
     from optc.verify import compare, eager_outputs
 
     unknown = [s for s in args.sets.split(",") if s and s not in FLAG_SETS]
@@ -116,7 +115,8 @@ def main() -> None:
         chosen = [s for s in FLAG_SETS if not args.sets or s in args.sets.split(",")]
         for name in chosen:
             opts = FLAG_SETS[name]
-            log(f"compiling '{name}': {' '.join(target.flags(opts))}")
+            winograd = len(winograd_convs(program, opts.winograd)) if opts.fast else 0
+            log(f"compiling '{name}' ({winograd} convs on Winograd): {' '.join(target.flags(opts, winograd=winograd > 0))}")
             try:
                 art = target.compile(program, opts)
             except CompileError as e:
