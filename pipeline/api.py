@@ -291,7 +291,7 @@ class LayerMethod(Method):
         verdicts: dict[str, LayerChange | None] = {}
         candidates = []
         variants = program.variants()
-        primary = max(variants, key=lambda v: v.contraction_macs()) if len(variants) > 1 else variants[0]
+        primary = max(variants, key=lambda v: v.contraction_macs())  # as the report's per-layer rows
         copies = [{layer.name: layer for layer in v.layers()} for v in variants if v is not primary]
         for layer in primary.layers():
             refusal = Skip(SkipReason.NOT_SELECTED) if not options.selects(layer.name) else self.admissible(layer)
