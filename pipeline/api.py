@@ -251,6 +251,12 @@ class LayerMethod(Method):
     (``layers``/``override``). Plans are made for all layers first (progress
     is reported per layer), then rewritten; a method that plans across layers
     overrides ``plan_layers``.
+
+    In a module holding several variants of the model chosen at run time
+    (drnet's resolutions: ``Program.variants``), a layer is planned once, on
+    the variant with the most MACs, and that one plan rewrites the layer's copy
+    in every variant (the same kept rows and columns; equal new constants are
+    stored once), so the savings hold whichever variant runs.
     """
 
     Options: ClassVar[type] = SelectionOptions
@@ -284,8 +290,10 @@ class LayerMethod(Method):
         result = MethodResult(self.name)
         verdicts: dict[str, LayerChange | None] = {}
         candidates = []
-        all_layers = program.layers()
-        for layer in all_layers:
+        variants = program.variants()
+        primary = max(variants, key=lambda v: v.contraction_macs())  # as the report's per-layer rows
+        copies = [{layer.name: layer for layer in v.layers()} for v in variants if v is not primary]
+        for layer in primary.layers():
             refusal = Skip(SkipReason.NOT_SELECTED) if not options.selects(layer.name) else self.admissible(layer)
             verdicts[layer.name] = LayerChange.skipped(layer.name, refusal) if refusal else None
             if refusal is None:
@@ -298,9 +306,11 @@ class LayerMethod(Method):
                 continue
             from optc.program import LayerRewriter
 
-            rewriter = LayerRewriter(program, layer, self.name)
+            for view, copy in [(v[layer.name].program, v[layer.name]) for v in copies if layer.name in v]:
+                self.rewrite(copy, plan, LayerRewriter(view, copy, self.name))
+            rewriter = LayerRewriter(primary, layer, self.name)
             result.reference_weights[layer.name] = self.rewrite(layer, plan, rewriter)
-            rewriter.publish_structure()
+            rewriter.publish_structure()  # after every copy: they see the structure the plan was made on
             verdicts[layer.name] = LayerChange(layer.name, plan.action, plan.details)
         result.changes = [c for c in verdicts.values() if c is not None]
         return result

@@ -148,10 +148,16 @@ class Worker:
     """One runner in its own process (see the module docstring). Start several,
     then ``wait_ready()`` each: they load concurrently."""
 
-    def __init__(self, spec: dict[str, Any], inputs: Sequence[np.ndarray], files: Mapping[str, bytes] | None = None):
+    def __init__(self, spec: dict[str, Any], inputs: Sequence[np.ndarray], files: Mapping[str, bytes] | None = None,
+                 calls: Sequence[Sequence[np.ndarray]] | None = None):
+        """``calls``: the inputs of each call one timed run makes (a pass over an
+        ``--eval`` set, in batches); by default a run is one call on ``inputs``."""
         self._tmp = tempfile.TemporaryDirectory(prefix="optc-bench-")
         tmp = Path(self._tmp.name)
         np.savez(tmp / "inputs.npz", *[np.ascontiguousarray(x) for x in inputs])
+        if calls is not None:  # input i of every call, stacked: (calls, *shape)
+            np.savez(tmp / "calls.npz", *[np.stack([c[i] for c in calls]) for i in range(len(inputs))])
+            spec = {**spec, "calls": str(tmp / "calls.npz")}
         for key, data in (files or {}).items():
             (tmp / key).write_bytes(data)
             spec = {**spec, key: str(tmp / key)}
@@ -225,20 +231,28 @@ class Worker:
 
 
 def eager_worker(
-    model: str, inputs: Sequence[np.ndarray], threads: int, *, trust: bool = False, input_shapes: Sequence[str] = ()
+    model: str, inputs: Sequence[np.ndarray], threads: int, *, trust: bool = False, input_shapes: Sequence[str] = (),
+    calls: Sequence[Sequence[np.ndarray]] | None = None,
 ) -> Worker:
     """PyTorch eager in its own process: MODEL loaded as the CLI loads it
     (``optc.load.load_model``, ``trust`` honoured), PyTorch's default settings
     but ``torch.set_num_threads(threads)``, gradients off."""
     spec = {"runner": "eager", "model": model, "trust": trust, "input_shapes": list(input_shapes), "threads": threads}
-    return Worker(spec, inputs)
+    return Worker(spec, inputs, calls=calls)
 
 
-def artifact_worker(target: str, options: Any, vmfb: bytes, inputs: Sequence[np.ndarray], threads: int) -> Worker:
+def artifact_worker(target: str, options: Any, vmfb: bytes, inputs: Sequence[np.ndarray], threads: int,
+                    calls: Sequence[Sequence[np.ndarray]] | None = None) -> Worker:
     """A compiled artifact opened on ``target`` in its own process, IREE's task
     executor limited to ``threads`` workers."""
     spec = {"runner": "artifact", "target": target, "options": _jsonable(asdict(options)), "threads": threads}
-    return Worker(spec, inputs, {"vmfb": vmfb})
+    return Worker(spec, inputs, {"vmfb": vmfb}, calls=calls)
+
+
+def eval_calls(samples: Any, batch: int) -> list[list[np.ndarray]]:
+    """The calls of one pass over ``samples`` (``optc.calibration.Samples``) at the
+    compiled batch size, the last padded as ``--eval`` pads it."""
+    return [chunk for chunk, _ in samples.batches(batch)]
 
 
 def eager_mismatch(worker: Worker, module: Any, inputs: Sequence[np.ndarray]) -> str:
@@ -259,7 +273,11 @@ def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- worker side
 
 
-def _open_eager(spec: dict[str, Any], inputs: list[np.ndarray]) -> tuple[Callable[[], Any], Callable[[], list[np.ndarray]], str]:
+# An opener loads a runner: (prepare: numpy inputs -> what call takes, call, outputs of a call, description).
+Opened = tuple[Callable[[list[np.ndarray]], Any], Callable[[Any], Any], Callable[[Any], list[np.ndarray]], str]
+
+
+def _open_eager(spec: dict[str, Any]) -> Opened:
     import torch
 
     from optc.load import load_model
@@ -268,14 +286,13 @@ def _open_eager(spec: dict[str, Any], inputs: list[np.ndarray]) -> tuple[Callabl
     torch.set_num_threads(spec["threads"])
     torch.set_grad_enabled(False)
     module = load_model(spec["model"], trust=spec["trust"], input_shapes=spec["input_shapes"]).module
-    args = [torch.from_numpy(x) for x in inputs]
     policy = os.environ.get("OMP_WAIT_POLICY")
     omp = f"OMP_WAIT_POLICY={policy} from the environment" if policy else "PyTorch defaults"
     description = f"own process, {omp}, {torch.get_num_threads()} threads"
-    return (lambda: module(*args)), (lambda: flatten_outputs(module(*args))), description
+    return (lambda xs: [torch.from_numpy(x) for x in xs]), (lambda args: module(*args)), (lambda args: flatten_outputs(module(*args))), description
 
 
-def _open_artifact(spec: dict[str, Any], inputs: list[np.ndarray]) -> tuple[Callable[[], Any], Callable[[], list[np.ndarray]], str]:
+def _open_artifact(spec: dict[str, Any]) -> Opened:
     import iree.runtime as rt
 
     from optc.registry import load_registry
@@ -286,7 +303,7 @@ def _open_artifact(spec: dict[str, Any], inputs: list[np.ndarray]) -> tuple[Call
     session = target.open(Path(spec["vmfb"]).read_bytes(), options)
     invoke = getattr(session, "invoke", None) or session  # invoke: no copy back to the host
     description = f"own process, IREE runtime ({spec['target']} target), {spec['threads']} task workers"
-    return (lambda: invoke(*inputs)), (lambda: session(*inputs)), description
+    return list, (lambda args: invoke(*args)), (lambda args: session(*args)), description
 
 
 def _worker_main() -> None:
@@ -307,8 +324,18 @@ def _worker_main() -> None:
         with np.load(spec["inputs"], allow_pickle=False) as f:
             inputs = [f[f"arr_{i}"] for i in range(len(f.files))]
         opener = {"eager": _open_eager, "artifact": _open_artifact}[spec["runner"]]
-        run, outputs, description = opener(spec, inputs)
-        np.savez(spec["outputs"], *outputs())
+        prepare, call, outputs, description = opener(spec)
+        np.savez(spec["outputs"], *outputs(prepare(inputs)))
+        calls = [prepare(inputs)]
+        if "calls" in spec:  # one timed run = every call of an --eval pass
+            with np.load(spec["calls"], allow_pickle=False) as f:
+                stacked = [f[f"arr_{i}"] for i in range(len(f.files))]
+            calls = [prepare([np.ascontiguousarray(x[j]) for x in stacked]) for j in range(len(stacked[0]))]
+            description += f", one run = {len(calls)} calls (a pass over the --eval samples)"
+
+        def run() -> None:
+            for args in calls:
+                call(args)
     except OptcError as e:
         send({"error": str(e), "kind": type(e).__name__})
         return
@@ -375,12 +402,18 @@ LABELS = {"eager": "torch eager", "dense": "IREE dense", "compressed": "IREE com
 def format_table(bench: dict[str, Any]) -> str:
     """The table `optc bench` prints."""
     lat = bench["latency_ms"]
-    lines = [f"batch {bench['batch']}, {bench['threads']} thread(s), {bench['rounds']} interleaved rounds of {BURST} runs each (first untimed)", ""]
+    lines = [f"batch {bench['batch']}, {bench['threads']} thread(s), {bench['rounds']} interleaved rounds of {BURST} runs each (first untimed)"]
+    ev = bench.get("eval")
+    if ev:
+        lines.append(f"one run = a pass over the {ev['samples']} --eval samples of {ev['path']} ({ev['calls']} calls); times are per pass")
+    lines.append("")
     lines.append(f"{'':12}{'median ms':>11}{'p10 ms':>10}{'p90 ms':>10}{'min ms':>10}{'max ms':>10}")
     for name in ("eager", "dense", "compressed"):
         if name in lat:
             t = lat[name]
             lines.append(f"{LABELS[name]:12}{t['median']:>11.3f}{t['p10']:>10.3f}{t['p90']:>10.3f}{t['min']:>10.3f}{t['max']:>10.3f}")
+    if ev:
+        lines.append(f"{'per sample':12}" + "".join(f"  {LABELS[k]} {v:.4f} ms" for k, v in ev["per_sample_ms"].items()))
     lines.append("")
     for name, how in bench["timing"].items():
         lines.append(f"{LABELS[name] + ':':13}{how}")

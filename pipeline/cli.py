@@ -190,8 +190,10 @@ def check_writable(path: Path, flag: str) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="write the bench report (JSON) here")
 @click.option("--tolerance", type=float, default=None, help="max relative error of the artifacts vs their references [default: 1e-4]")
 @calib_option
+@click.option("--eval", "eval_data", type=click.Path(dir_okay=False, path_type=Path), metavar="DATA.npz",
+              help="labelled samples (x, y): one timed run is a pass over them (a model whose latency depends on its input, e.g. drnet), and top-1 is reported")
 @model_options
-def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds, min_seconds, json_out, tolerance, calib, trust, input_shapes):
+def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds, min_seconds, json_out, tolerance, calib, eval_data, trust, input_shapes):
     """Measure PyTorch eager, the dense IREE compile and the compressed IREE compile
     of MODEL side by side (each in its own process with its defaults, same
     threads, interleaved rounds), and print latency medians, speedups, FLOP
@@ -207,8 +209,10 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
 
     from optc.api import parse_assignments
     from optc.bench import (
-        BURST, OtherLoad, artifact_worker, eager_mismatch, eager_worker, format_table, simulated_comparison, speedups, time_interleaved,
+        BURST, OtherLoad, artifact_worker, eager_mismatch, eager_worker, eval_calls, format_table, simulated_comparison, speedups, time_interleaved,
     )
+    from optc.calibration import load_samples
+    from optc.lower import input_index_ranges
     from optc.driver import compile_model, load_and_lower, log, select
     from optc.errors import TargetUnavailableError
     from optc.report import compile_report, write_json_atomic
@@ -224,19 +228,23 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     if not ok:
         raise TargetUnavailableError(f"cannot time target {target!r} here: {why}")
     lowered = load_and_lower(model, trust, input_shapes, batch)
+    examples = lowered[1].example_inputs
+    evaluation = load_samples(eval_data, examples, "--eval", need_labels=True, index_ranges=input_index_ranges(lowered[1])) if eval_data else None
     log("dense compile")
-    dense = compile_model(model, dataclasses.replace(sel, methods=[]), tolerance=tolerance, loaded_and_lowered=lowered)
+    dense = compile_model(model, dataclasses.replace(sel, methods=[]), tolerance=tolerance, loaded_and_lowered=lowered,
+                          eval_data=None if sel.methods else eval_data)
     compressed = None
     if sel.methods:
         log("compressed compile")
-        compressed = compile_model(model, sel, tolerance=tolerance, loaded_and_lowered=lowered, calib=calib)
+        compressed = compile_model(model, sel, tolerance=tolerance, loaded_and_lowered=lowered, calib=calib, eval_data=eval_data)
     inputs = dense.program.example_inputs
+    calls = eval_calls(evaluation, len(inputs[0])) if evaluation is not None else None
     artifacts = {"dense": dense, **({"compressed": compressed} if compressed is not None else {})}
     log(f"starting one worker process each for eager, {', '.join(artifacts)}")
     with contextlib.ExitStack() as stack:
-        runners = {"eager": stack.enter_context(eager_worker(model, inputs, threads, trust=trust, input_shapes=input_shapes))}
+        runners = {"eager": stack.enter_context(eager_worker(model, inputs, threads, trust=trust, input_shapes=input_shapes, calls=calls))}
         for name, c in artifacts.items():
-            runners[name] = stack.enter_context(artifact_worker(target, sel.target_options, c.artifact.vmfb, inputs, threads))
+            runners[name] = stack.enter_context(artifact_worker(target, sel.target_options, c.artifact.vmfb, inputs, threads, calls=calls))
         timing = {name: r.description for name, r in runners.items()}
         mismatch = eager_mismatch(runners["eager"], lowered[0].module, inputs)
         if mismatch:
@@ -265,6 +273,9 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
         "params": {"dense": dense.program.total_params(), **({"compressed": compressed.program.total_params()} if compressed else {})},
         "artifact_bytes": {"dense": len(dense.artifact.vmfb), **({"compressed": len(compressed.artifact.vmfb)} if compressed else {})},
     }
+    if evaluation is not None:  # latency_ms is per pass over these samples
+        report["bench"]["eval"] = {"path": str(eval_data), "samples": len(evaluation), "calls": len(calls),
+                                   "per_sample_ms": {k: v["median"] / len(evaluation) for k, v in latency.items()}}
     simulated = simulated_comparison(dense.artifact.extra_report, compressed.artifact.extra_report if compressed else None)
     if simulated is not None:
         report["bench"]["simulation"] = simulated

@@ -395,8 +395,15 @@ class Program:
         return names
 
     def function(self, name: str) -> "Program":
-        """A view of function ``name`` of the same module (shared params), for counting."""
+        """A view of function ``name`` of the same module (shared params, origins and
+        structures: a rewrite through the view changes this program)."""
         return dataclasses.replace(self, func_name=name)
+
+    def variants(self) -> list["Program"]:
+        """The functions that hold the model's layers: this one, or, in a module that
+        picks a variant per input at run time (drnet), a view of each function it calls."""
+        callees = self.callees()
+        return [self.function(n) for n in callees] if callees else [self]
 
     def referenced_params(self) -> list[str]:
         """Parameters some function of the module reads (variants share one copy)."""
@@ -438,13 +445,35 @@ class Program:
         with self.context, ir.Location.unknown():
             etype = _element_type(array.dtype)
             ttype = ir.RankedTensorType.get(list(array.shape), etype)
-            attr = ir.DenseResourceElementsAttr.get_from_buffer(array, name, ttype)
+            attr = self._blob_elsewhere(name, array)
+            if attr is None:
+                attr = ir.DenseResourceElementsAttr.get_from_buffer(array, name, ttype)
             real = resource_name(attr) or name  # MLIR renames a clashing blob name
             with ir.InsertionPoint.at_block_begin(self.body):
                 value = arith.ConstantOp(ttype, attr).result
         self.params[real] = array
         self.origin[real] = origin if origin is not None else name
         return value
+
+    def _blob_elsewhere(self, name: str, array: np.ndarray) -> ir.Attribute | None:
+        """The blob of parameter ``name`` when another function of the module holds it
+        with the same array: a method rewriting each variant of a multi-variant module
+        (drnet) makes the same constants in each, and they share one copy."""
+        held = self.params.get(name)
+        if held is None or held.dtype != array.dtype or held.shape != array.shape or not np.array_equal(held, array):
+            return None
+        mine = set(self.func_params())
+        if name in mine:
+            return None  # a second constant of one function keeps its own name, as before
+        for op in _walk(self.module.operation):
+            if op.name == "arith.constant" and resource_name(op.attributes["value"]) == name:
+                return op.attributes["value"]
+        return None
+
+    def func_params(self) -> list[str]:
+        """Parameters this function (not the rest of the module) reads."""
+        return [n for op in self.ops() if op.name == "arith.constant"
+                and (n := resource_name(op.attributes["value"])) is not None and n in self.params]
 
     def at(self, op: ir.Operation) -> Builder:
         """A builder inserting before ``op`` (use as a context manager)."""

@@ -212,7 +212,7 @@ class Drnet(Method):
         predictor = train_predictor(features, labels, len(resolutions), options.hidden, options.epochs, options.seed)
         predictor = shift_toward_larger(predictor, features, preds == target[:, None], options.max_loss)
 
-        build_module(program, programs, resolutions, predictor, options.predictor_size)
+        names = build_module(program, programs, resolutions, predictor, options.predictor_size)
 
         predictor_macs = resize_macs(shape, options.predictor_size) + predictor.macs()
         per_res = {r: macs[i] + resize_macs(shape, r) for i, r in enumerate(resolutions)}
@@ -236,10 +236,13 @@ class Drnet(Method):
                 with torch.no_grad():
                     ref(torch.from_numpy(chunk[0]))
             chosen = np.array(ref.choices)
-            avg = predictor_macs + float(np.mean([per_res[resolutions[k]] for k in chosen]))
+            # the variants as compiled: methods after drnet (bcr …) compressed each of them
+            final = {r: program.function(n).contraction_macs() // shape[0] + resize_macs(shape, r) for n, r in zip(names, resolutions)}
+            avg = predictor_macs + float(np.mean([final[resolutions[k]] for k in chosen]))
             return {
                 "resolution_shares": _shares(chosen, resolutions),
                 "macs_per_image": avg,
+                "variant_macs_per_image": {str(r): final[r] for r in resolutions},
                 "full_resolution_macs_per_image": macs[-1],
                 "macs_saving": 1 - avg / macs[-1],
                 "note": f"shares per call of batch {shape[0]} on the host re-implementation (the artifact makes the same choices)",
@@ -248,11 +251,11 @@ class Drnet(Method):
         return MethodResult(self.name, [change], {}, reference_model=reference_model, evaluate=evaluate)
 
 
-def build_module(program: Program, variants: Sequence[Program], resolutions: Sequence[int], predictor: Predictor, predictor_size: int) -> None:
+def build_module(program: Program, variants: Sequence[Program], resolutions: Sequence[int], predictor: Predictor, predictor_size: int) -> list[str]:
     """Turn ``program`` into the dynamic module: ``variants`` (the backbone at each
     of ``resolutions``, ascending) merged with shared weights and made private, and
     a public function of ``program``'s name and signature that runs ``predictor`` and
-    switches among them."""
+    switches among them. Returns the variants' function names."""
     from optc.variants import merge_variants, variant_name
 
     names = [variant_name(p) for p in variants]
@@ -262,6 +265,7 @@ def build_module(program: Program, variants: Sequence[Program], resolutions: Seq
     _append_dispatcher(merged, program.func_name, shape, resolutions, names, variants[-1], predictor, predictor_size)
     program.module, program.params, program.origin = merged.module, merged.params, merged.origin
     program.layer_shapes = dict(merged.layer_shapes)
+    return names
 
 
 def backbone_module(model: Any) -> Any:

@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from optc.bench import BURST, OtherLoad, Timing, artifact_worker, eager_mismatch, eager_worker, format_table, rebatch, simulated_comparison, speedups, time_interleaved
+from optc.bench import (
+    BURST, OtherLoad, Timing, artifact_worker, eager_mismatch, eager_worker, eval_calls, format_table, rebatch, simulated_comparison, speedups,
+    time_interleaved,
+)
+from optc.calibration import Samples
 from optc.errors import InputError, LoadError
 from tests.conftest import REPO, lowered, optc_cli, vulkan_or_skip
 
@@ -167,6 +171,35 @@ def test_artifact_runs_in_its_own_process_with_the_parents_numbers():
         assert len(w.burst(2)) == 2
 
 
+class Recorder(torch.nn.Module):
+    """Appends the first value of every batch it is called on to $OPTC_TEST_CALLS."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with open(os.environ["OPTC_TEST_CALLS"], "a") as f:
+            f.write(f"{float(x[0, 0]):g}\n")
+        return x * 2
+
+
+def recorder():
+    return Recorder(), (torch.zeros(2, 3),)
+
+
+def test_a_timed_run_is_a_pass_over_the_eval_samples(tmp_path, monkeypatch):
+    """With --eval data, every timed run calls the model on each batch of the
+    samples in turn (the last padded), not on the example input."""
+    monkeypatch.chdir(REPO)
+    log = tmp_path / "calls.txt"
+    monkeypatch.setenv("OPTC_TEST_CALLS", str(log))
+    x = np.repeat(np.arange(1, 6, dtype=np.float32)[:, None], 3, axis=1)  # sample i is all i+1
+    calls = eval_calls(Samples(tmp_path / "e.npz", [x], None), batch=2)
+    assert [c[0][:, 0].tolist() for c in calls] == [[1, 2], [3, 4], [5, 5]]
+    with eager_worker("tests.pipeline.test_bench:recorder", [np.zeros((2, 3), np.float32)], threads=1, calls=calls) as w:
+        assert "one run = 3 calls (a pass over the --eval samples)" in w.description
+        assert len(w.burst(2)) == 2  # two durations: one per pass
+    seen = log.read_text().split()
+    assert seen == ["0"] + ["1", "3", "5"] * 2  # the outputs check on the example input, then two passes
+
+
 @pytest.fixture(scope="module")
 def bench_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
@@ -207,6 +240,37 @@ def test_bench_report_says_how_each_runner_was_timed(bench_report):
     assert "omp_wait_policy" not in report["bench"]
     share = report["bench"]["other_cpu_share"]
     assert 0.0 <= share <= 1.0 and f"other processes used {100 * share:.0f}% of the CPUs" in proc.stdout
+
+
+def test_bench_with_eval_times_passes_over_the_samples_and_says_so(tmp_path):
+    from optc.load import load_model
+
+    example = load_model("examples.models:mlp").example_inputs[0]
+    rng = np.random.default_rng(0)
+    data = tmp_path / "eval.npz"
+    n = 5
+    np.savez(data, x=rng.standard_normal((n,) + tuple(example.shape[1:])).astype(np.float32), y=rng.integers(0, 10, n))
+    out = tmp_path / "b.json"
+    proc = optc_cli("bench", "--threads", "1", "--min-rounds", "2", "--min-seconds", "0", "--batch", "2",
+                    "--eval", str(data), "examples.models:mlp", "--json", str(out), check=True)
+    report = json.loads(out.read_text())
+    ev = report["bench"]["eval"]
+    assert ev["samples"] == n and ev["calls"] == 3  # 2 + 2 + 1 padded
+    for name, how in report["bench"]["timing"].items():
+        assert how.endswith("one run = 3 calls (a pass over the --eval samples)"), name
+        assert ev["per_sample_ms"][name] == pytest.approx(report["bench"]["latency_ms"][name]["median"] / n)
+    assert report["accuracy"]["samples"] == n  # the --eval top-1, as compile reports it
+    assert f"one run = a pass over the {n} --eval samples" in proc.stdout
+
+
+def test_bench_with_a_bad_eval_file_fails_before_compiling(tmp_path):
+    out = tmp_path / "b.json"
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((3, 2), np.float32), y=np.zeros(3, np.int64))
+    proc = optc_cli("bench", "--eval", str(bad), "examples.models:mlp", "--json", str(out))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and not out.exists()
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"optc: error: --eval {bad}: x has shape (3, 2)")
+    assert "dense compile" not in proc.stderr
 
 
 @pytest.mark.parametrize("args,message", [

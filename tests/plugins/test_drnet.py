@@ -115,6 +115,43 @@ def test_forced_choice_equals_backbone_at_that_resolution(k):
     assert np.max(np.abs(got - expected)) <= 1e-5 * max(1.0, float(np.max(np.abs(expected))))
 
 
+@pytest.mark.parametrize("method,opts,changed,k", [
+    ("bcr", {"block": "4", "col_keep": "0.5"}, {"c1.weight", "c2.weight"}, 0),  # fc's 3 rows do not fit block 4
+    ("bcr", {"block": "4", "col_keep": "0.5"}, {"c1.weight", "c2.weight"}, len(RESOLUTIONS) - 1),
+    ("lowrank", {"rank": "2"}, {"c1.weight", "c2.weight", "fc.weight"}, 1),
+])
+def test_a_method_after_drnet_compresses_every_variant_alike(method, opts, changed, k):
+    """drnet,bcr / drnet,lowrank: one decision per layer rewrites its copy in every
+    resolution variant (one stored copy of each new weight), every variant's MACs
+    shrink, and the module forced to a resolution equals the compressed backbone there."""
+    from optc.verify import with_weights
+
+    model = load_model("tests.plugins.test_drnet:tiny")
+    program = lower(model)
+    variants = lower_at_shapes(model, [(2, r, r) for r in RESOLUTIONS])
+    dense = [v.contraction_macs() for v in variants]
+    build_module(program, variants, RESOLUTIONS, _forced(k, 8 * 8), predictor_size=8)
+    m = load_registry().method(method)
+    result = m.apply(program, build_options(method, m.Options, opts), MethodContext())
+    program.verify()
+    assert {c.layer for c in result.changes if c.status == "changed"} == changed
+    views = program.variants()
+    assert len(views) == len(RESOLUTIONS)
+    new = [{layer: {p for p in v.func_params() if program.layer_of(p) == layer} for layer in changed} for v in views]
+    for view, before, params in zip(views, dense, new):
+        assert view.contraction_macs() < before
+        assert params == new[0] and all(ps and all(program.rewritten(p) for p in ps) for ps in params.values())
+    assert not any(program.layer_of(p) in changed and not program.rewritten(p) for p in program.params)  # no original left
+    x = np.random.default_rng(1).standard_normal((2, 16, 16)).astype(np.float32)
+    got = _run(program, x)
+    at_k = resize(torch.from_numpy(x), RESOLUTIONS[k])
+    with torch.no_grad():
+        expected = with_weights(model.module, result.reference_weights)(at_k).numpy()
+        uncompressed = model.module(at_k).numpy()
+    assert not np.allclose(expected, uncompressed, atol=1e-3)  # the method changed the outputs
+    assert np.max(np.abs(got - expected)) <= 1e-5 * max(1.0, float(np.max(np.abs(expected))))
+
+
 CHECKS = """
 // CHECK-DAG: func.func private @main_2x8x8(%{{.*}}: tensor<2x8x8xf32>)
 // CHECK-DAG: func.func private @main_2x12x12(%{{.*}}: tensor<2x12x12xf32>)
