@@ -676,9 +676,9 @@ class LayerRewriter:
                 value = build(w, b)
             self.program.replace(w.op, value)
 
-    def factor_uses(self, a: np.ndarray, b: np.ndarray, tag: str) -> None:
+    def factor_uses(self, a: np.ndarray, b: np.ndarray, tag: str) -> tuple[ir.Value, ir.Value]:
         """Every use ``init + x·M`` becomes ``init + (x·A)·B`` (M ≈ A·B, A in×r, B r×out),
-        with one pair of constants ``LAYER.TAG_in`` / ``LAYER.TAG_out`` for all uses."""
+        with one pair of constants ``LAYER.TAG_in`` / ``LAYER.TAG_out`` for all uses (returned)."""
         a_val, b_val = self.constant(f"{tag}_in", a), self.constant(f"{tag}_out", b)
 
         def two_matmuls(w: WeightedOp, build: Builder) -> ir.Value:
@@ -687,6 +687,7 @@ class LayerRewriter:
             return build.linear(t, b_val, init)
 
         self.each_use(two_matmuls)
+        return a_val, b_val
 
     def store(self, weights: "np.ndarray | storage.Quantized", *, suffix: str, layout: storage.Layout | None = None, param: str | None = None, dtype: Any = np.float32) -> storage.Stored:
         """Replace the weight's constant (or ``param``) by ``weights`` in ``layout``

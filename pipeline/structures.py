@@ -12,7 +12,7 @@ are output channels, columns the inputs (a convolution's C·KH·KW).
     Unstructured     any mask (stored as values + column indices + row pointers)
     NM               n of every m consecutive inputs kept (2:4 …)
     ChannelSubset    whole output channels and/or input channels kept
-    LowRankFactors   W ≈ U·V of rank r
+    LowRankFactors   W ≈ U·V of rank r (the structured matrix is U, reading x·Vᵀ)
     KernelBasis      penni: each KH×KW kernel a sparse combination of a few basis kernels
 """
 
@@ -198,7 +198,10 @@ class ChannelSubset(Structure):
 
 @dataclass
 class LowRankFactors(Structure):
-    """W ≈ U·V with U out×r and V r×in."""
+    """W ≈ U·V with U out×r and V r×in, computed as (x·Vᵀ)·Uᵀ. The structured
+    matrix is U: it reads the inputs through V (``input_map`` = Vᵀ), as penni's
+    coefficients read its basis maps, so a later solver (admm) re-solves and
+    quantizes U on the inputs V produces. ``shape`` is W's (out, in)."""
 
     u: np.ndarray
     v: np.ndarray
@@ -212,7 +215,10 @@ class LowRankFactors(Structure):
         return self.u.shape[1]
 
     def mask(self) -> np.ndarray:
-        return np.ones(self.shape, dtype=bool)  # dense: every weight is a sum of rank-1 terms
+        return np.ones(self.u.shape, dtype=bool)  # every entry of U (out×r) is kept
+
+    def input_map(self) -> np.ndarray:
+        return self.v.T.astype(np.float64)
 
     def factors(self) -> tuple[np.ndarray, np.ndarray]:
         return self.u, self.v

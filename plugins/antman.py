@@ -22,6 +22,12 @@ W·D·C^{-1/2} times C^{-1/2}; the best block-diagonal Ŵ solves each block's
 least squares on its rows and columns. ``passes`` re-fits every layer on the
 inputs that the previous pass's weights produce (the recurrence feeds each
 step's error into the next). Each factor/block constant is shared by all steps.
+
+A rank r that does not cut MACs (r·(in+out) >= in·out) is skipped as not
+profitable unless ``force``. Both forms are published as structures, so
+``--plugins antman,admm`` re-solves and quantizes them: the groups' blocks
+(bcr's block-column structure), or the output factor B of x·A·B on the inputs
+x·A (``LowRankFactors``; A stays float32).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, S
 from optc.errors import OptionError
 from optc.hookspecs import hookimpl
 from optc.program import Layer, LayerRewriter, shape_of
+from optc.storage import Layout
+from optc.structures import BlockColumnRow, LowRankFactors
 from optc.time_batching import is_zero_fill
 
 GATE_PATTERNS = ("*weight_ih*", "*weight_hh*")  # torch's RNN/RNNCell gate weights
@@ -50,6 +58,7 @@ class AntManOptions(SelectionOptions):
     reduction: Optional[float] = option(None, "low rank chosen so each matrix's MACs shrink by this factor, > 1 (overrides rank)")
     passes: int = option(1, "with --calib: fit every layer this many times, each pass on the inputs the previous pass's weights produce")
     damp: float = option(1e-6, "with --calib: added to diag(E[x·xᵀ]), relative to its mean, so rank-deficient inputs still solve")
+    force: bool = option(False, "factor even where rank·(in+out) >= in·out, i.e. not cheaper (to check the rewrite is exact)")
 
     def validate(self) -> None:
         if self.groups < 1:
@@ -133,6 +142,21 @@ def gate_error(w: np.ndarray, w_hat: np.ndarray, gram: np.ndarray) -> float:
     return float(np.trace(e @ gram @ e.T))
 
 
+def low_rank(out_dim: int, in_dim: int, opts: AntManOptions) -> int:
+    """The rank of the factors: ``rank`` or the one that cuts MACs by ``reduction``, at most min(in, out)."""
+    full = min(in_dim, out_dim)
+    if opts.reduction is not None:
+        return max(1, min(full, int(in_dim * out_dim / (opts.reduction * (in_dim + out_dim)))))
+    return min(opts.rank, full)
+
+
+def group_structure(out_dim: int, in_dim: int, groups: int) -> BlockColumnRow:
+    """The grouped form as bcr's structure: a block of out/G rows per group, all
+    its rows kept, reading its interleaved columns; ``compact`` is the [G, in/G, out/G] blocks."""
+    rows, cols = group_layout(out_dim, in_dim, groups)
+    return BlockColumnRow((out_dim, in_dim), out_dim // groups, cols, np.tile(np.arange(out_dim // groups), (groups, 1)))
+
+
 # ----------------------------------------------------------------------------- method
 
 
@@ -177,6 +201,11 @@ class AntMan(LayerMethod):
             return Skip(SkipReason.DOES_NOT_FIT, f"groups={opts.groups} do not divide layer {layer.name} ({out_dim}×{in_dim})")
         if opts.groups == 1 and not opts.low_rank:
             return Skip(SkipReason.NOTHING_TO_DO, "groups=1 and no rank/reduction")
+        if opts.groups > 1 or opts.force:
+            return None
+        rank = low_rank(out_dim, in_dim, opts)
+        if rank * (in_dim + out_dim) >= in_dim * out_dim:
+            return Skip(SkipReason.NOT_PROFITABLE, f"rank {rank} factors of {layer.name} ({out_dim}×{in_dim}) need {rank * (in_dim + out_dim):,} MACs per row, the matrix {in_dim * out_dim:,}")
         return None
 
     def _fit(self, w: np.ndarray, opts: AntManOptions, stats: tuple[np.ndarray, np.ndarray] | None, fitted: bool) -> Plan:
@@ -187,11 +216,7 @@ class AntMan(LayerMethod):
             dense = groups_dense(blocks, out_dim, in_dim)
             details = {"form": "groups", "groups": opts.groups, "in": in_dim, "out": out_dim, "fitted": fitted}
             return Plan(f"{opts.groups} interleaved groups ({how})", details, blocks=blocks.astype(np.float32), dense=dense)
-        full = min(in_dim, out_dim)
-        if opts.reduction is not None:
-            rank = max(1, min(full, int(in_dim * out_dim / (opts.reduction * (in_dim + out_dim)))))
-        else:
-            rank = min(opts.rank, full)
+        rank = low_rank(out_dim, in_dim, opts)
         a, b = fit_low_rank(w, rank, stats, opts.damp)
         dense = (a @ b).T
         details = {"form": "low_rank", "rank": rank, "in": in_dim, "out": out_dim, "fitted": fitted}
@@ -219,8 +244,12 @@ class AntMan(LayerMethod):
                 return b.generic([init, y], b.empty(shape_of(y), y), [f"{ident} -> {ident}"] * 3, lambda p, q, _o: b.add(p, q))
 
             rw.each_use(grouped)
+            s = group_structure(plan.details["out"], plan.details["in"], groups)
+            rw.publish(s, plan.dense.astype(np.float32), rw.program.trace_param(blocks)[0], Layout(s.compact))
         else:
-            rw.factor_uses(plan.a, plan.b, "antman")
+            _, out_factor = rw.factor_uses(plan.a, plan.b, "antman")
+            s = LowRankFactors(plan.b.T, plan.a.T)  # admm re-solves U = Bᵀ on the inputs x·A
+            rw.publish(s, s.u, rw.program.trace_param(out_factor)[0], Layout(lambda u: np.ascontiguousarray(u.T)))
         return layer.from_matrix(plan.dense.astype(np.float32))
 
 

@@ -8,7 +8,9 @@ import pytest
 from optc.api import MethodContext, SkipReason, Status, build_options
 from optc.errors import OptionError
 from optc.plugins.antman import AntMan, AntManOptions, fit_groups, fit_low_rank, gate_error, groups_dense
-from optc.testing import compiled_outputs, synthetic_calibration
+from optc.plugins.admm import Admm
+from optc.structures import BlockColumnRow, LowRankFactors
+from optc.testing import Run, check_artifact, compiled_outputs, options_for, synthetic_calibration
 from optc.time_batching import time_batch
 from optc.verify import compare, eager_outputs, verify
 from tests.conftest import lowered, optc_cli
@@ -26,7 +28,7 @@ def apply(name, ctx=None, **opts):
 
 
 def test_full_rank_is_exact_and_only_gate_weights_change():
-    model, p, _, result = apply("lstm", rank=10_000)
+    model, p, _, result = apply("lstm", rank=10_000, force="true")
     changes = {c.layer: c for c in result.changes}
     assert [g for g in GATES if changes[g].status == Status.CHANGED] == GATES
     assert changes["fc.weight"].reason == SkipReason.NOT_SELECTED
@@ -49,6 +51,36 @@ def test_groups_cut_macs_by_g_and_the_artifact_matches_the_reference():
     assert np.count_nonzero(ref[:64, 1::4]) == 0 and np.count_nonzero(ref[:64, 0::4]) > 0
     check = verify(model.module, result.reference_weights, compiled_outputs(p), p.example_inputs, 1e-5)
     assert check.compile_error.max_rel <= 1e-5, check.compile_error
+
+
+def test_a_rank_that_does_not_cut_macs_is_skipped_as_not_profitable():
+    _, p, before, result = apply("lstm", rank=60)  # 60·(256+64) >= 256·64 on the 256×64 matrices
+    changes = {c.layer: c for c in result.changes}
+    hh = changes["lstm.weight_hh_l0"]
+    assert hh.reason == SkipReason.NOT_PROFITABLE and "rank 60" in hh.action, hh
+    assert p.layer_stats()["lstm.weight_hh_l0"].macs == before["lstm.weight_hh_l0"].macs
+    _, _, _, result = apply("lstm", rank=40)  # 40·320 < 256·64: cheaper, rewritten
+    assert {c.layer: c for c in result.changes}["lstm.weight_hh_l0"].status == Status.CHANGED
+
+
+@pytest.mark.parametrize("form, structure", [({"rank": 8}, LowRankFactors), ({"groups": 4}, BlockColumnRow)])
+def test_admm_quantizes_the_published_factors_to_int8(form, structure):
+    model, p = lowered("lstm")
+    ctx = MethodContext(calibration=synthetic_calibration(p, samples=8))
+    AntMan().apply(p, options_for(AntMan(), form), ctx)
+    published = p.structures["lstm.weight_hh_l0"]
+    assert isinstance(published.structure, structure)
+    stored = published.param
+    original = p.clone()
+    result = Admm().apply(p, options_for(Admm(), {"quant": "int8", "iterations": 5}), ctx)
+    p.verify()
+    change = {c.layer: c for c in result.changes}["lstm.weight_hh_l0"]
+    assert change.status == Status.CHANGED and "inside the earlier method's structure, int8" in change.action
+    levels = [n for n in p.params if n.startswith("lstm.weight_hh_l0.antman") and n.endswith(".levels")]
+    assert len(levels) == 1 and p.params[levels[0]].dtype == np.int8, levels
+    assert p.params[levels[0]].shape == p.params.get(stored, original.params[stored]).shape
+    assert stored not in p.params  # the float32 factor/blocks were replaced by the int8 ones
+    check_artifact(Run(model, original, p, result))
 
 
 def test_reduction_sets_the_rank_for_the_requested_mac_cut():
@@ -105,9 +137,9 @@ def test_bad_options_are_one_clear_line_and_no_file(tmp_path, opt, match):
 def test_both_forms_on_one_matrix_is_an_error_and_override_chooses_per_matrix():
     with pytest.raises(OptionError, match="choose one form per matrix"):
         apply("lstm", groups=4, rank=8)
-    _, p, before, result = apply("lstm", rank=8, override="lstm.weight_hh_*:rank=64", layers="lstm.weight_*")
+    _, p, before, result = apply("lstm", rank=8, override="lstm.weight_hh_*:rank=32", layers="lstm.weight_*")
     details = {c.layer: c.details for c in result.changes}
-    assert details["lstm.weight_hh_l0"]["rank"] == 64 and details["lstm.weight_ih_l0"]["rank"] == 8
+    assert details["lstm.weight_hh_l0"]["rank"] == 32 and details["lstm.weight_ih_l0"]["rank"] == 8
 
 
 def test_composes_with_time_batching():
