@@ -94,7 +94,7 @@ CHECKS = """
 
 
 def test_rewritten_ir_filecheck(tmp_path):
-    run = apply({"bases": 3, "layers": "a.weight"})
+    run = apply({"bases": 3, "layers": "a.weight", "form": "broadcast"})
     checks = tmp_path / "checks.mlir"
     checks.write_text(CHECKS)
     fc = Path(sys.executable).parent / "filecheck"
@@ -113,7 +113,7 @@ CHECKS_CHANNELS_AS_BATCH = """
 
 
 def test_channels_as_batch_form_is_one_regular_conv_with_the_bases_as_filters(tmp_path):
-    run = apply({"bases": 3, "layers": "a.weight", "form": "channels_as_batch"})
+    run = apply({"bases": 3, "layers": "a.weight"})  # the default form
     checks = tmp_path / "checks.mlir"
     checks.write_text(CHECKS_CHANNELS_AS_BATCH)
     fc = Path(sys.executable).parent / "filecheck"
