@@ -23,8 +23,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch_mlir import ir
 from torch_mlir.dialects import func
 
+from optc.api import MethodContext, Plan, Skip
 from optc.errors import InputError, first_line
-from optc.program import Program, WeightedOp
+from optc.program import Layer, Program, WeightedOp
 
 
 @dataclass
@@ -208,8 +209,19 @@ class Calibration:
     _grams: dict[str, np.ndarray] | None = field(default=None, repr=False)
     _original: tuple[Callable[..., list[np.ndarray]], list[_Probe]] | None = field(default=None, repr=False)
 
+    def measures(self, layer: str) -> bool:
+        """Whether ``layer``'s inputs are measured (dense layers; not grouped convolutions)."""
+        self._measure()
+        return layer in self._grams
+
     def gram(self, layer: str) -> np.ndarray:
         """E[x·xᵀ] over the input rows x of ``layer`` (in×in, float64)."""
+        self._measure()
+        if layer not in self._grams:
+            raise KeyError(f"no calibration statistics for layer {layer!r}")
+        return self._grams[layer]
+
+    def _measure(self) -> None:
         if self._grams is None:
             run, probes = self._original_probe()
             sums: dict[str, np.ndarray] = {}
@@ -218,9 +230,6 @@ class Calibration:
                     rows = _rows(x[:real], p)
                     sums[p.layer] = sums.get(p.layer, 0) + rows.T @ rows
             self._grams = {layer: total / self._count(probes, layer) for layer, total in sums.items()}
-        if layer not in self._grams:
-            raise KeyError(f"no calibration statistics for layer {layer!r}")
-        return self._grams[layer]
 
     def cross(self, layer: str, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(E[x̃·x̃ᵀ], E[x·x̃ᵀ]) for ``layer``, where x̃ is its input when the layers
@@ -256,6 +265,60 @@ class Calibration:
     def _count(self, probes: list[_Probe], layer: str) -> int:
         """Rows per layer: samples × rows per sample × uses of the layer."""
         return sum(p.rows_per_sample for p in probes if p.layer == layer) * len(self.samples)
+
+
+@dataclass
+class LayerData:
+    """Second moments of a layer's inputs: x as in the original model, x̃ as the
+    compressed model feeds it (x̃ = x unless solving sequentially)."""
+
+    goo: np.ndarray  # E[x·xᵀ]
+    gcc: np.ndarray  # E[x̃·x̃ᵀ]
+    goc: np.ndarray  # E[x·x̃ᵀ]
+
+    @classmethod
+    def same(cls, gram: np.ndarray) -> "LayerData":
+        return cls(gram, gram, gram)
+
+    def through(self, inputs: np.ndarray | None) -> "LayerData":
+        """The moments of the inputs xᵀ·T a structured matrix reads (``Structure.input_map``; None: x itself)."""
+        if inputs is None:
+            return self
+        return LayerData(*(inputs.T @ g @ inputs for g in (self.goo, self.gcc, self.goc)))
+
+
+def objective(w: np.ndarray, z: np.ndarray, d: LayerData) -> float:
+    """‖W·X − Z·X̃‖² relative to ‖W·X‖²: the output error of weights Z fed x̃."""
+    w, z = w.astype(np.float64), z.astype(np.float64)
+    base = float(np.einsum("ik,kl,il->", w, d.goo, w))
+    err = base - 2 * float(np.einsum("ik,kl,il->", w, d.goc, z)) + float(np.einsum("ik,kl,il->", z, d.gcc, z))
+    return max(err, 0.0) / base if base > 0 else 0.0
+
+
+def solve_in_order(
+    method: str, layers: list[Layer], solve: Callable[[Layer, LayerData | None], Plan | Skip], ctx: MethodContext,
+    sequential: bool, passes: int = 1,
+) -> dict[str, Plan | Skip]:
+    """Every layer solved in program order, ``passes`` times: ``solve`` gets the
+    layer's input statistics (None without --calib or for a layer not measured)
+    and returns a Plan whose ``dense`` (out×in) is what the layer will compute
+    with. With ``sequential`` each layer is solved on the inputs the layers
+    solved before it produce (one calibration run per layer), so it corrects
+    their error instead of fitting the dense model's activations."""
+    cal = ctx.calibration
+    plans: dict[str, Plan | Skip] = {}
+    solved: dict[str, np.ndarray] = {}  # layer -> its solved weights, parameter layout
+    for step in range(passes):
+        for i, layer in enumerate(layers):
+            ctx.progress(f"{method}: pass {step + 1}/{passes}, layer {i + 1}/{len(layers)} {layer.name}")
+            data = None
+            if cal is not None and cal.measures(layer.name):
+                gram = cal.gram(layer.name)
+                data = LayerData(gram, *cal.cross(layer.name, solved)) if sequential and solved else LayerData.same(gram)
+            plans[layer.name] = plan = solve(layer, data)
+            if isinstance(plan, Plan):
+                solved[layer.name] = layer.from_matrix(np.asarray(plan.dense, dtype=np.float32))
+    return plans
 
 
 def _rows(x: np.ndarray, p: _Probe) -> np.ndarray:

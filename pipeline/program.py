@@ -669,9 +669,9 @@ class LayerRewriter:
         """A new parameter ``LAYER.SUFFIX`` that belongs to the layer."""
         return self.program.constant(f"{self.layer.name}.{suffix}", array, origin=self.layer.name)
 
-    def each_use(self, build: Callable[[WeightedOp, Builder], ir.Value]) -> None:
-        """Replace every use of the weight by what ``build(use, builder)`` returns (built before it)."""
-        for w in self.layer.uses:
+    def each_use(self, build: Callable[[WeightedOp, Builder], ir.Value], uses: list[WeightedOp] | None = None) -> None:
+        """Replace every use of the weight (or only ``uses``) by what ``build(use, builder)`` returns (built before it)."""
+        for w in self.layer.uses if uses is None else uses:
             with self.program.at(w.op) as b:
                 value = build(w, b)
             self.program.replace(w.op, value)
@@ -700,7 +700,10 @@ class LayerRewriter:
     def publish(self, structure: Any, matrix: np.ndarray, param: str, layout: storage.Layout) -> None:
         """Leave ``structure`` (an ``optc.structures`` object) for later methods: the
         weights live in ``param`` laid out by ``layout``; ``matrix`` is what it was chosen on."""
-        to_param = self.layer.structure.to_param if self.layer.structure is not None else self.layer._view_to_param
+        if self.layer.structure is not None:  # re-structured in the earlier structure's matrix space
+            self._published = LayerStructure(self.method, structure, matrix, param, layout, self.layer.structure.to_param)
+            return
+        to_param = self.layer._view_to_param
         inputs = structure.input_map()
         if inputs is not None:  # the structured matrix reads transformed inputs: its weight is matrix·Tᵀ
             to_layer = to_param

@@ -29,6 +29,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, option
+from optc.calibration import LayerData, objective, solve_in_order
 from optc.errors import OptionError
 from optc.hookspecs import hookimpl
 from optc.program import Layer, LayerRewriter, Program
@@ -70,34 +71,6 @@ class AdmmOptions(SelectionOptions):
 
 
 # ----------------------------------------------------------------------------- solver
-
-
-@dataclass
-class LayerData:
-    """Second moments of a layer's inputs: x as in the original model, x̃ as the
-    compressed model feeds it (x̃ = x unless solving sequentially)."""
-
-    goo: np.ndarray  # E[x·xᵀ]
-    gcc: np.ndarray  # E[x̃·x̃ᵀ]
-    goc: np.ndarray  # E[x·x̃ᵀ]
-
-    @classmethod
-    def same(cls, gram: np.ndarray) -> "LayerData":
-        return cls(gram, gram, gram)
-
-    def through(self, inputs: np.ndarray | None) -> "LayerData":
-        """The moments of the inputs xᵀ·T a structured matrix reads (``Structure.input_map``; None: x itself)."""
-        if inputs is None:
-            return self
-        return LayerData(*(inputs.T @ g @ inputs for g in (self.goo, self.gcc, self.goc)))
-
-
-def objective(w: np.ndarray, z: np.ndarray, d: LayerData) -> float:
-    """‖W·X − Z·X̃‖² relative to ‖W·X‖²."""
-    w, z = w.astype(np.float64), z.astype(np.float64)
-    base = float(np.einsum("ik,kl,il->", w, d.goo, w))
-    err = base - 2 * float(np.einsum("ik,kl,il->", w, d.goc, z)) + float(np.einsum("ik,kl,il->", z, d.gcc, z))
-    return max(err, 0.0) / base if base > 0 else 0.0
 
 
 def _damped(g: np.ndarray, damp: float) -> np.ndarray:
@@ -203,18 +176,16 @@ class Admm(LayerMethod):
                 plans[layer.name] = Skip(SkipReason.DOES_NOT_FIT, f"{layer.name} has {layer.in_dim} inputs: N:M groups of m={m} do not divide them")
             else:
                 todo.append((layer, mode, layer.matrix(), layer.structure.mask() if layer.structure is not None else None))
-        solved: dict[str, np.ndarray] = {}  # layer -> its solved weights, parameter layout
-        for step in range(options.passes):
-            for i, (layer, mode, matrix, fixed) in enumerate(todo):
-                ctx.progress(f"admm: pass {step + 1}/{options.passes}, layer {i + 1}/{len(todo)} {layer.name}")
-                if options.sequential and solved:  # inputs as the layers solved so far produce them
-                    data = LayerData(ctx.calibration.gram(layer.name), *ctx.calibration.cross(layer.name, solved))
-                else:
-                    data = LayerData.same(ctx.calibration.gram(layer.name))
-                if layer.structure is not None:
-                    data = data.through(layer.structure.structure.input_map())
-                plans[layer.name] = plan = self._solve(layer.name, matrix, data, fixed, mode, options.for_layer(layer.name))
-                solved[layer.name] = layer.from_matrix(plan.dense)
+        matrices = {layer.name: (mode, matrix, fixed) for layer, mode, matrix, fixed in todo}
+
+        def solve(layer: Layer, data: LayerData | None) -> Plan:
+            assert data is not None  # admm solves only measured layers (admissible)
+            mode, matrix, fixed = matrices[layer.name]
+            if layer.structure is not None:
+                data = data.through(layer.structure.structure.input_map())
+            return self._solve(layer.name, matrix, data, fixed, mode, options.for_layer(layer.name))
+
+        plans.update(solve_in_order(self.name, [t[0] for t in todo], solve, ctx, options.sequential, options.passes))
         return [plans[layer.name] for layer in layers]
 
     def _solve(self, layer: str, matrix: np.ndarray, data: LayerData, fixed: np.ndarray | None, mode: str, options: AdmmOptions) -> Plan:

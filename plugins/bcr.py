@@ -35,7 +35,7 @@ from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, S
 from optc.hookspecs import hookimpl
 from optc.program import Layer, LayerRewriter, Program, WeightedOp, shape_of
 from optc.storage import Layout
-from optc.structures import BlockColumnRow
+from optc.structures import BlockColumnRow, KernelBasis
 
 
 @dataclass
@@ -90,10 +90,21 @@ class Bcr(LayerMethod):
     def start(self, program: Program, options: BcrOptions, ctx: MethodContext) -> None:
         activation_scores(self.name, options.score, ctx)  # fail before any layer is planned
 
+    def admissible(self, layer: Layer) -> Skip | None:
+        coef = _penni_coefficients(layer)
+        if coef is None:
+            return super().admissible(layer)
+        return coef if isinstance(coef, Skip) else None
+
     def plan(self, layer: Layer, options: BcrOptions, ctx: MethodContext) -> Plan | Skip:
+        coef = _penni_coefficients(layer)
+        if coef is not None:
+            return self._plan_matrix(layer, coef.matrix, options, ctx, coef)
         if layer.kind not in ("matmul", "batch_matmul", "conv2d"):
             return Skip(SkipReason.UNSUPPORTED, f"{layer.kind} (bcr prunes dense matmuls and convolutions)")
-        matrix = layer.matrix()
+        return self._plan_matrix(layer, layer.matrix(), options, ctx, None)
+
+    def _plan_matrix(self, layer: Layer, matrix: np.ndarray, options: BcrOptions, ctx: MethodContext, coef: "_Coefficients | None") -> Plan | Skip:
         n, k = matrix.shape
         block = options.block or n
         if block > n or n % block:
@@ -101,19 +112,65 @@ class Bcr(LayerMethod):
                         f"dividing {n}, bcr.override={layer.name}:block=N, or bcr.skip={layer.name}")
         kc, rb = max(1, round(k * options.col_keep)), max(1, round(block * options.row_keep))
         use_gram = activation_scores(self.name, options.score, ctx)
-        cols, rows = choose_blocks(matrix, block, kc, rb, ctx.calibration.gram(layer.name) if use_gram else None)
+        gram = (coef.gram(ctx.calibration.gram(layer.name)) if coef else ctx.calibration.gram(layer.name)) if use_gram else None
+        cols, rows = choose_blocks(matrix, block, kc, rb, gram)
         structure = BlockColumnRow((n, k), block, cols[:1] if kc == k else cols, rows)  # every column kept: shared
         details = {"block": block, "blocks": n // block, "cols_kept": kc, "rows_kept": rb, "in": k, "out": n,
-                   "density": kc * rb * (n // block) / (n * k), "score": "activation" if use_gram else "magnitude", "ops": len(layer.uses)}
-        return Plan(f"pruned to {n // block} blocks × {kc} cols × {rb} rows", details, structure=structure, matrix=matrix)
+                   "density": kc * rb * (n // block) / (n * k), "score": "activation" if use_gram else "magnitude", "ops": len(coef.uses if coef else layer.uses)}
+        action = f"pruned to {n // block} blocks × {kc} cols × {rb} rows" + (" (penni's coefficient 1×1 conv)" if coef else "")
+        return Plan(action, details, structure=structure, matrix=matrix, coef=coef)
 
     def rewrite(self, layer: Layer, plan: Plan, rw: LayerRewriter) -> np.ndarray:
         s: BlockColumnRow = plan.structure
+        coef: _Coefficients | None = plan.coef
         compact = rw.constant("bcr", s.compact(plan.matrix).astype(np.float32))
-        tables = _tables(rw, s)
-        rw.each_use(lambda w, build: _rewrite(build, w, s, compact, tables))
-        rw.publish(s, plan.matrix, rw.program.trace_param(compact)[0], Layout(s.compact))
-        return layer.from_matrix(s.apply(plan.matrix))
+        uses = coef.uses if coef else layer.uses
+        tables = _tables(rw, s, uses[0])
+        rw.each_use(lambda w, build: _rewrite(build, w, s, compact, tables), uses)
+        param = rw.program.trace_param(compact)[0]
+        if coef is None:
+            rw.publish(s, plan.matrix, param, Layout(s.compact))
+            return layer.from_matrix(s.apply(plan.matrix))
+        # penni's structure stays, with bcr's mask on the coefficients, so admm can still re-solve them
+        kept = coef.full(s.mask())
+        rw.publish(KernelBasis(coef.basis.bases, kept, 1), coef.full(plan.matrix), param, Layout(lambda m: s.compact(m[:, coef.maps])))
+        return layer.from_matrix(coef.full(s.apply(plan.matrix)))
+
+
+@dataclass
+class _Coefficients:
+    """The 1×1 coefficient conv of a dense conv penni decomposed: bcr prunes it
+    as a matrix over the basis maps the program computes (``maps``)."""
+
+    uses: list[WeightedOp]
+    basis: KernelBasis
+    maps: np.ndarray  # the used columns of penni's coefficient matrix (input channel·nb + basis)
+    matrix: np.ndarray  # out × len(maps): the coefficients as stored
+
+    def full(self, m: np.ndarray) -> np.ndarray:
+        """``m`` (out × len(maps)) in penni's coefficient space (out × in_channels·nb)."""
+        out = np.zeros(self.basis.shape, dtype=m.dtype)
+        out[:, self.maps] = m
+        return out
+
+    def gram(self, layer_gram: np.ndarray) -> np.ndarray:
+        """E[m·mᵀ] of the basis maps, from the layer's im2col input moments."""
+        t = self.basis.input_map()[:, self.maps]
+        return t.T @ layer_gram @ t
+
+
+def _penni_coefficients(layer: Layer) -> "_Coefficients | Skip | None":
+    """The coefficient conv of a layer penni rewrote (None: not penni's), or why bcr cannot prune it."""
+    ls = layer.structure
+    if ls is None or not isinstance(ls.structure, KernelBasis):
+        return None
+    if ls.structure.groups != 1:
+        return Skip(SkipReason.UNSUPPORTED, "penni's grouped coefficient conv (bcr prunes dense matmuls and convolutions)")
+    uses = [w for w in layer.uses if w.param == ls.param]
+    if not uses or layer.program.params[ls.param].dtype != np.float32:
+        return Skip(SkipReason.ALREADY_REWRITTEN, "penni's coefficients are no longer a float32 1×1 conv (bcr goes before admm)")
+    maps = ls.structure.maps()[0]
+    return _Coefficients(uses, ls.structure, maps, uses[0].matrix(layer.program.params[ls.param]))
 
 
 @dataclass
@@ -126,14 +183,13 @@ class _Tables:
     pos: ir.Value  # per output row: its compact channel inside the block (-1: pruned)
 
 
-def _tables(rw: LayerRewriter, s: BlockColumnRow) -> _Tables:
+def _tables(rw: LayerRewriter, s: BlockColumnRow, first: WeightedOp) -> _Tables:
     n, _ = s.shape
     blk = np.zeros(n, dtype=np.int32)
     pos = np.full(n, -1, dtype=np.int32)
     for b, rows in enumerate(s.out_rows()):
         blk[rows] = 0 if s.shared else b
         pos[rows] = np.arange(len(rows)) + (b * len(rows) if s.shared else 0)
-    first = rw.layer.uses[0]
     return _Tables(
         cols=None if s.shared else rw.constant("bcr_cols", s.cols.astype(np.int32)),
         conv_cols=_conv_tables(rw, s, first) if first.conv else None,

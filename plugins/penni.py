@@ -7,14 +7,25 @@ bases are the top ``nb`` right singular vectors of the layer's kernels stacked
 as an (O·I)×(KH·KW) matrix; the coefficients are the projections onto them or,
 with ``--calib``, the least-squares fit of the layer's output on calibration
 inputs (with the bases fixed the effective weight is C·Tᵀ, T = I ⊗ Bᵀ, so
-C = W·G·T·(Tᵀ·G·T)⁻¹ for G = E[x·xᵀ] over im2col rows). ``coef_keep`` keeps
-the largest coefficients and refits the kept ones the same way.
+C = W·G·T·(Tᵀ·G·T)⁻¹ for G = E[x·xᵀ] over im2col rows). With ``sequential``
+(the default) layers are fit in program order and each on the inputs x̃ the
+already-decomposed layers produce: C = W·E[x·x̃ᵀ]·T·(Tᵀ·E[x̃·x̃ᵀ]·T)⁻¹, so
+a layer corrects the error earlier layers pass on (admm's sequential mode,
+``optc.calibration.solve_in_order``). ``coef_keep`` keeps the largest
+coefficients and refits the kept ones the same way.
 
 The rewrite computes in ESCALATE's basis-first order:
 
     maps = depthwise_conv(x, B)    every input channel convolved with each basis (IC·nb maps;
                                    stride, dilation as the original; x is already padded)
     y    = init + conv1x1(maps, C) the coefficients as a (grouped) 1×1 convolution
+
+The basis maps are computed (``form``) as one regular conv with the nb bases as
+filters over x viewed as N·IC one-channel images — (N·IC)×nb maps, which are
+already the IC·nb channels in order — or as x broadcast to IC·nb channels and a
+depthwise conv. IREE compiles the first far better: on the ResNet-18-shaped
+model with 4 bases, 1.52× faster than dense against 0.71× (one thread,
+interleaved, busy machine; ``benchmarks/compare_artifacts.py``).
 
 per output pixel IC·nb·KH·KW + OC·(IC/G)·nb MACs instead of OC·(IC/G)·KH·KW.
 Basis maps no kept coefficient reads are not computed (PENNI's channel
@@ -25,13 +36,14 @@ removal; dense layers only). The coefficients are published as a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 from torch_mlir import ir
 
 from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, option
 from optc.builder import Builder
+from optc.calibration import LayerData, objective, solve_in_order
 from optc.errors import OptionError
 from optc.hookspecs import hookimpl
 from optc.plugins.lowrank import energy_rank
@@ -49,6 +61,8 @@ class PenniOptions(SelectionOptions):
     coef_keep: float = option(1.0, "fraction of the coefficients kept (largest magnitude, then refit), in (0, 1]")
     damp: float = option(0.001, "with --calib: added to diag(G), relative to its mean, in the coefficient least squares")
     force: bool = option(False, "decompose even where it would not reduce MACs (to check the rewrite is exact)")
+    form: Literal["channels_as_batch", "broadcast"] = option("channels_as_batch", "how the basis maps are computed (dense layers): one regular conv with the nb bases as filters over the input viewed as N·IC one-channel images (IREE compiles it ~2x faster on the ResNet-18-shaped model), or a depthwise conv over the input broadcast to IC·nb channels")
+    sequential: bool = option(True, "with --calib: fit layers in program order, each on the inputs the already-decomposed layers produce (one calibration run per layer)")
 
     def validate(self) -> None:
         if self.bases is not None and self.bases < 1:
@@ -70,19 +84,19 @@ def kernel_bases(matrix: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarra
     return s, vt
 
 
-def coefficients(matrix: np.ndarray, bases: np.ndarray, keep: np.ndarray | None, gram: np.ndarray | None, damp: float) -> np.ndarray:
-    """C (out × in·nb) for fixed ``bases`` minimizing ‖(W − C·Tᵀ)·X‖² (X with
-    second moment ``gram``; the identity without one), zero outside ``keep``."""
+def coefficients(matrix: np.ndarray, bases: np.ndarray, keep: np.ndarray | None, data: LayerData | None, damp: float) -> np.ndarray:
+    """C (out × in·nb) for fixed ``bases`` minimizing ‖W·X − C·Tᵀ·X̃‖² (the
+    moments of X and X̃ in ``data``; the identity without it), zero outside ``keep``."""
     out, cols = matrix.shape
     t = np.kron(np.eye(cols // bases.shape[1]), bases.T)  # (in·kernel) × (in·nb)
     w = matrix.astype(np.float64)
-    if gram is None and keep is None:
+    if data is None and keep is None:
         return w @ t  # orthonormal bases: the projection is the least-squares fit
-    g = gram if gram is not None else np.eye(cols)
-    gt = t.T @ g @ t  # the second moment of the basis maps
-    if gram is not None:
+    d = data if data is not None else LayerData.same(np.eye(cols))
+    gt = t.T @ d.gcc @ t  # the second moment of the basis maps
+    if data is not None:
         gt += damp * (float(np.mean(np.diag(gt))) or 1.0) * np.eye(len(gt))
-    target = w @ g @ t
+    target = w @ d.goc @ t
     if keep is None:
         return np.linalg.solve(gt, target.T).T
     coef = np.zeros((out, t.shape[1]))
@@ -96,14 +110,6 @@ def coefficients(matrix: np.ndarray, bases: np.ndarray, keep: np.ndarray | None,
     return coef
 
 
-def output_error(matrix: np.ndarray, effective: np.ndarray, gram: np.ndarray) -> float:
-    """‖(W − Ŵ)·X‖² / ‖W·X‖² for inputs X with second moment ``gram``."""
-    d = matrix.astype(np.float64) - effective.astype(np.float64)
-    w = matrix.astype(np.float64)
-    base = float(np.einsum("ik,kl,il->", w, gram, w))
-    return float(np.einsum("ik,kl,il->", d, gram, d)) / base if base > 0 else 0.0
-
-
 def _kernel_size(w: WeightedOp) -> int:
     return int(np.prod(w.weight_shape[-2:]))
 
@@ -113,7 +119,16 @@ class Penni(LayerMethod):
     summary = "kernel decomposition (PENNI/ESCALATE): each conv becomes a depthwise conv with a few shared basis kernels and a 1×1 coefficient conv"
     Options = PenniOptions
 
-    def plan(self, layer: Layer, options: PenniOptions, ctx: MethodContext) -> Plan | Skip:
+    def plan_layers(self, layers: list[Layer], options: PenniOptions, ctx: MethodContext) -> list[Plan | Skip]:
+        """Each layer planned in program order; with --calib (and ``sequential``)
+        each fit on the inputs the layers decomposed before it produce."""
+        kernels = [layer for layer in layers if layer.uses[0].conv and _kernel_size(layer.uses[0]) > 1]
+        names = {layer.name for layer in kernels}
+        plans = {layer.name: self._plan(layer, options.for_layer(layer.name), None) for layer in layers if layer.name not in names}  # skips
+        plans.update(solve_in_order(self.name, kernels, lambda layer, data: self._plan(layer, options.for_layer(layer.name), data), ctx, options.sequential))
+        return [plans[layer.name] for layer in layers]
+
+    def _plan(self, layer: Layer, options: PenniOptions, data: LayerData | None) -> Plan | Skip:
         w = layer.uses[0]
         kernel = _kernel_size(w) if w.conv else 1
         if not w.conv or kernel == 1:
@@ -131,25 +146,24 @@ class Penni(LayerMethod):
         nb = options.bases if options.bases is not None else energy_rank(s, options.energy)
         bases = vt[:nb]
         groups = layer.groups
-        gram = ctx.calibration.gram(layer.name) if ctx.calibration is not None and groups == 1 else None
-        coef = coefficients(matrix, bases, None, gram, options.damp)
-        keep = np.ones(coef.shape, dtype=bool)
+        keep = np.ones((out, (cols // kernel) * nb), dtype=bool)
         if options.coef_keep < 1.0:
-            keep = unstructured_mask(coef, options.coef_keep)
-            coef = coefficients(matrix, bases, keep, gram, options.damp)
+            keep = unstructured_mask(coefficients(matrix, bases, None, data, options.damp), options.coef_keep)
         structure = KernelBasis(bases.astype(np.float32), keep, groups)
         pixels = int(np.prod(w.output_shape)) // out  # output pixels × batch, per use
         macs = structure.macs(pixels) * len(layer.uses)
         if macs >= layer.macs and not options.force:
             return Skip(SkipReason.NOT_PROFITABLE, f"{nb} bases would not reduce MACs ({macs} ≥ {layer.macs})", {"bases": nb})
-        effective = coef @ structure.input_map().T
+        coef = coefficients(matrix, bases, keep if options.coef_keep < 1.0 else None, data, options.damp)
+        dense = coef @ structure.input_map().T
         kept = float(np.sum(s[:nb] ** 2) / np.sum(s**2)) if np.sum(s**2) > 0 else 1.0
         details = {"bases": nb, "kernel": kernel, "groups": groups, "maps": int(structure.maps().size), "coef_density": float(keep.mean()),
-                   "energy_kept": kept, "calibrated": gram is not None, "macs_ratio": layer.macs / macs}
-        if gram is not None:
-            details["output_error"] = output_error(matrix, effective, gram)
+                   "energy_kept": kept, "calibrated": data is not None, "macs_ratio": layer.macs / macs}
+        if data is not None:
+            details["output_error"] = objective(matrix, dense, data)
+            details["sequential"] = data.gcc is not data.goo
         action = f"decomposed into {nb} basis kernels" + (f", {keep.mean():.0%} of coefficients kept" if options.coef_keep < 1.0 else "")
-        return Plan(action, details, structure=structure, coef=coef.astype(np.float32), effective=effective)
+        return Plan(action, details, structure=structure, coef=coef.astype(np.float32), dense=dense, form=options.form)
 
     def rewrite(self, layer: Layer, plan: Plan, rw: LayerRewriter) -> np.ndarray:
         s: KernelBasis = plan.structure
@@ -159,7 +173,11 @@ class Penni(LayerMethod):
         coef = rw.constant("penni_coef", layout.to_stored(plan.coef))
         kernel_shape = layer.uses[0].weight_shape[-2:]
         bases = s.bases.reshape(len(s.bases), *kernel_shape)
-        if dense:  # nb kernels stored once, broadcast to every input channel where used
+        options_form = plan.form
+        if dense and options_form == "channels_as_batch":  # nb filters of one input channel
+            basis_filters = rw.constant("penni_bases", np.ascontiguousarray(bases[:, None]))
+            channels = None
+        elif dense:  # nb kernels stored once, broadcast to every input channel where used
             basis_weight = rw.constant("penni_bases", np.ascontiguousarray(bases))
             channels = None
         else:  # only the used maps: the input channel and basis of each
@@ -179,7 +197,14 @@ class Penni(LayerMethod):
         def basis_first_nchw(op: ir.Operation, x: ir.Value, init: ir.Value, build: Builder) -> ir.Value:
             strides = [int(v) for v in np.array(op.attributes["strides"])]
             dilations = [int(v) for v in np.array(op.attributes["dilations"])]
-            if channels is None:
+            if channels is None and options_form == "channels_as_batch":
+                # every input channel an image of its own: one regular conv with the nb bases as filters
+                n, c, h, wd = shape_of(x)
+                single = build.expand(build.collapse(x, [[0, 1], [2], [3]]), [[0, 1], [2], [3]], (n * c, 1, h, wd))
+                maps = build.conv2d(single, basis_filters, strides=strides, dilations=dilations)  # (N·IC) × nb × OH × OW
+                _, nb, oh, ow = shape_of(maps)
+                basis_maps = build.expand(build.collapse(maps, [[0, 1], [2], [3]]), [[0, 1], [2], [3]], (n, c * nb, oh, ow))
+            elif channels is None:
                 every_channel = build.generic(
                     [basis_weight], build.empty((shape_of(x)[1], *bases.shape), basis_weight),
                     ["(c, b, h, w) -> (b, h, w)", "(c, b, h, w) -> (c, b, h, w)"], lambda v, _out: v,
@@ -193,7 +218,7 @@ class Penni(LayerMethod):
 
         rw.each_use(basis_first)
         rw.publish(s, plan.coef, rw.program.trace_param(coef)[0], layout)
-        return layer.from_matrix(plan.effective.astype(np.float32))
+        return layer.from_matrix(plan.dense.astype(np.float32))
 
 
 def _coefficient_weight(coef: np.ndarray, maps: np.ndarray, groups: int) -> np.ndarray:

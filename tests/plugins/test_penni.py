@@ -18,7 +18,9 @@ from optc.errors import OptionError
 from optc.load import Model
 from optc.lower import lower
 from optc.plugins.admm import Admm
-from optc.plugins.penni import Penni, coefficients, kernel_bases, output_error
+from optc.plugins.bcr import Bcr
+from optc.calibration import LayerData, objective
+from optc.plugins.penni import Penni, coefficients, kernel_bases
 from optc.structures import KernelBasis
 from optc.testing import Run, check_artifact, check_method, compiled_outputs, options_for, synthetic_calibration
 from optc.verify import compare, eager_outputs
@@ -62,8 +64,9 @@ def changes(run: Run) -> dict:
     return {c.layer: c for c in run.result.changes}
 
 
-def test_every_basis_kept_is_exact_for_strided_dilated_and_grouped_convs():
-    run = apply({"bases": 9, "force": True})
+@pytest.mark.parametrize("form", ["broadcast", "channels_as_batch"])
+def test_every_basis_kept_is_exact_for_strided_dilated_and_grouped_convs(form):
+    run = apply({"bases": 9, "force": True, "form": form})
     assert all(c.status == Status.CHANGED for c in run.result.changes), run.result.changes
     err = compare(compiled_outputs(run.program), eager_outputs(run.model.module, run.program.example_inputs))
     assert err.max_rel <= 1e-5, err
@@ -91,12 +94,32 @@ CHECKS = """
 
 
 def test_rewritten_ir_filecheck(tmp_path):
-    run = apply({"bases": 3, "layers": "a.weight"})
+    run = apply({"bases": 3, "layers": "a.weight", "form": "broadcast"})
     checks = tmp_path / "checks.mlir"
     checks.write_text(CHECKS)
     fc = Path(sys.executable).parent / "filecheck"
     proc = subprocess.run([str(fc), str(checks)], input=run.program.to_text(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+CHECKS_CHANNELS_AS_BATCH = """
+// CHECK-DAG: dense_resource<a.weight.penni_bases> : tensor<3x1x3x3xf32>
+// CHECK: tensor.collapse_shape {{.*}} : tensor<1x4x14x14xf32> into tensor<4x14x14xf32>
+// CHECK: linalg.conv_2d_nchw_fchw {{.*}} ins(%{{.*}}, %{{.*}} : tensor<4x1x14x14xf32>, tensor<3x1x3x3xf32>) outs(%{{.*}} : tensor<4x3x12x12xf32>)
+// CHECK: tensor.expand_shape {{.*}} : tensor<12x12x12xf32> into tensor<1x12x12x12xf32>
+// CHECK: linalg.conv_2d_nchw_fchw {{.*}} ins(%{{.*}}, %{{.*}} : tensor<1x12x12x12xf32>, tensor<8x12x1x1xf32>) outs(%{{.*}} : tensor<1x8x12x12xf32>)
+// CHECK-NOT: linalg.depthwise_conv_2d_nchw_chw
+"""
+
+
+def test_channels_as_batch_form_is_one_regular_conv_with_the_bases_as_filters(tmp_path):
+    run = apply({"bases": 3, "layers": "a.weight"})  # the default form
+    checks = tmp_path / "checks.mlir"
+    checks.write_text(CHECKS_CHANNELS_AS_BATCH)
+    fc = Path(sys.executable).parent / "filecheck"
+    proc = subprocess.run([str(fc), str(checks)], input=run.program.to_text(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    check_artifact(run)
 
 
 def test_calibrated_coefficients_reconstruct_the_output_better_than_the_projection():
@@ -109,12 +132,35 @@ def test_calibrated_coefficients_reconstruct_the_output_better_than_the_projecti
     matrix = p.layers()[1].matrix()
     _, vt = kernel_bases(matrix, 9)
     t = np.kron(np.eye(8), vt[:2].T)
-    plain = output_error(matrix, coefficients(matrix, vt[:2], None, None, 0.0) @ t.T, gram)
+    plain = objective(matrix, coefficients(matrix, vt[:2], None, None, 0.0) @ t.T, LayerData.same(gram))
     assert change.details["output_error"] < 0.9 * plain, (change.details["output_error"], plain)
     # the program computes with the calibrated weights
     ref = run.result.reference_weights["b.weight"].reshape(16, -1)
-    assert output_error(matrix, ref, gram) == pytest.approx(change.details["output_error"], rel=1e-3)
+    assert objective(matrix, ref, LayerData.same(gram)) == pytest.approx(change.details["output_error"], rel=1e-3)
     check_artifact(run)
+
+
+def test_sequential_fit_corrects_the_error_the_earlier_decomposed_layer_passes_on():
+    _, p = two_convs()
+    calibration = synthetic_calibration(p, samples=16)
+    options = {"bases": 2, "layers": "a.weight,b.weight"}
+    seq_run = apply(options, MethodContext(calibration=calibration))
+    seq = changes(seq_run)
+    independent_run = apply({**options, "sequential": "false"}, MethodContext(calibration=calibration))
+    independent = changes(independent_run)
+    assert seq["b.weight"].details["sequential"] and not independent["b.weight"].details["sequential"]
+    assert not seq["a.weight"].details["sequential"]  # the first layer reads the model's input
+    # b's inputs as the decomposed a produces them (a is fit the same way in both runs)
+    a = independent_run.result.reference_weights["a.weight"]
+    data = LayerData(calibration.gram("b.weight"), *calibration.cross("b.weight", {"a.weight": a}))
+    matrix = p.layers()[1].matrix()
+    independent_b = independent_run.result.reference_weights["b.weight"].reshape(16, -1)
+    _, vt = kernel_bases(matrix, 9)
+    plain_b = coefficients(matrix, vt[:2], None, None, 0.0) @ np.kron(np.eye(8), vt[:2].T).T
+    seq_b = seq_run.result.reference_weights["b.weight"].reshape(16, -1)
+    assert objective(matrix, seq_b, data) == pytest.approx(seq["b.weight"].details["output_error"], rel=1e-3)
+    assert objective(matrix, seq_b, data) < 0.9 * objective(matrix, independent_b, data)
+    assert objective(matrix, independent_b, data) < objective(matrix, plain_b, data)
 
 
 def test_pruned_coefficients_are_refit_and_unused_basis_maps_are_not_computed():
@@ -136,8 +182,8 @@ def test_pruned_coefficients_are_refit_and_unused_basis_maps_are_not_computed():
     gram = calibration.gram("b.weight")
     t = s.input_map()
     ref = run.result.reference_weights["b.weight"].reshape(16, -1)
-    unrefit = np.where(s.keep, coefficients(matrix, s.bases.astype(np.float64), None, gram, 0.001), 0) @ t.T
-    assert output_error(matrix, ref, gram) < output_error(matrix, unrefit, gram)
+    unrefit = np.where(s.keep, coefficients(matrix, s.bases.astype(np.float64), None, LayerData.same(gram), 0.001), 0) @ t.T
+    assert objective(matrix, ref, LayerData.same(gram)) < objective(matrix, unrefit, LayerData.same(gram))
 
 
 def test_admm_quantizes_the_published_coefficients_to_int8():
@@ -153,6 +199,42 @@ def test_admm_quantizes_the_published_coefficients_to_int8():
     levels = [n for n in p.params if n.startswith("a.weight.penni") and n.endswith(".levels")]
     assert levels and p.params[levels[0]].dtype == np.int8 and p.params[levels[0]].shape == (8, 12, 1, 1)
     assert coef not in p.params
+    check_artifact(Run(model, original, p, result))
+
+
+def test_bcr_after_penni_block_prunes_the_coefficient_conv_and_admm_still_solves_inside():
+    model, p = two_convs()
+    ctx = MethodContext(calibration=synthetic_calibration(p, samples=8))
+    original = p.clone()
+    Penni().apply(p, options_for(Penni(), {"bases": 3, "layers": "a.weight,b.weight"}), ctx)
+    penni_macs = p.layer_stats()
+    coef = {layer: p.structures[layer].param for layer in ("a.weight", "b.weight")}
+    dense_coef = {layer: p.structures[layer].matrix for layer in coef}
+    result = Bcr().apply(p, options_for(Bcr(), {"block": 4, "col_keep": 0.5, "row_keep": 1, "layers": "a.weight,b.weight"}), ctx)
+    p.verify()
+    c = changes(Run(model, original, p, result))
+    assert "penni's coefficient 1×1 conv" in c["b.weight"].action and c["b.weight"].details["in"] == 8 * 3
+    assert not set(coef.values()) & set(p.params)  # the dense coefficient convs are gone
+    assert p.params["b.weight.bcr"].shape == (4, 12, 4)  # 4 blocks × half of the 24 basis maps × 4 rows
+    after = p.layer_stats()
+    # b: the basis maps stay (8·3 maps of 9 MACs per pixel), the coefficient conv keeps half its columns
+    assert after["b.weight"].macs == 36 * (8 * 3 * 9 + 16 * 12)
+    assert after["b.weight"].macs < penni_macs["b.weight"].macs
+    # the program computes with penni's bases and bcr's pruned coefficients
+    s = p.structures["b.weight"].structure
+    assert isinstance(s, KernelBasis) and s.keep.mean() == pytest.approx(0.5)
+    expected = np.where(s.keep, dense_coef["b.weight"], 0) @ s.input_map().T
+    np.testing.assert_allclose(result.reference_weights["b.weight"].reshape(16, -1), expected, rtol=1e-5, atol=1e-6)
+    check_artifact(Run(model, original, p, result))
+    # admm re-solves and quantizes the pruned coefficients inside bcr's blocks
+    pruned = p.clone()
+    result = Admm().apply(p, options_for(Admm(), {"quant": "int8"}), ctx)
+    p.verify()
+    assert "inside the earlier method's structure, int8" in changes(Run(model, pruned, p, result))["b.weight"].action
+    levels = [n for n in p.params if n.startswith("b.weight.bcr") and n.endswith(".levels")]
+    assert levels and p.params[levels[0]].dtype == np.int8 and p.params[levels[0]].shape == (4, 12, 4)
+    ref = result.reference_weights["b.weight"].reshape(16, -1) @ np.linalg.pinv(s.input_map().T)
+    assert np.all(np.abs(ref[~s.keep]) < 1e-5)  # still zero outside bcr's blocks
     check_artifact(Run(model, original, p, result))
 
 
