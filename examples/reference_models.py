@@ -6,7 +6,7 @@ random (no downloads), which does not change latency.
     mobilenetv2  MobileNetV2-shaped CNN, 1x3x224x224
     lstm         2-layer LSTM classifier (hidden 512, 32 steps of 128 features)
     bert         BERT-shaped encoder: 4 layers, hidden 256, 4 heads, FFN 1024, sequence 128
-    vgg_classifier  VGG-11/16's classifier on 1x512x7x7 features (25088->4096->4096->1000, 392 MiB)
+    vgg_classifier  VGG-11/16's classifier on 1x512x7x7 features (25088->4096->4096->1000, 472 MiB)
 """
 
 from __future__ import annotations
