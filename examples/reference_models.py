@@ -6,6 +6,7 @@ random (no downloads), which does not change latency.
     mobilenetv2  MobileNetV2-shaped CNN, 1x3x224x224
     lstm         2-layer LSTM classifier (hidden 512, 32 steps of 128 features)
     bert         BERT-shaped encoder: 4 layers, hidden 256, 4 heads, FFN 1024, sequence 128
+    vgg_classifier  VGG-11/16's classifier on 1x512x7x7 features (25088->4096->4096->1000, 472 MiB)
 """
 
 from __future__ import annotations
@@ -106,6 +107,16 @@ def resnet18():
 def mobilenetv2():
     torch.manual_seed(0)
     return _init_bn(MobileNetV2()), (torch.randn(1, 3, 224, 224),)
+
+
+def vgg_classifier():
+    """VGG's classifier head alone: its 25088x4096 linear is what makes a VGG
+    slow to factor (lowrank's compile-time check, benchmarks/compile_cost.py)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 1000)
+    ).eval()
+    return model, (torch.randn(1, 512, 7, 7),)
 
 
 def lstm():

@@ -120,6 +120,11 @@ def _view_step(op: ir.Operation) -> tuple[str, Any] | None:
 
 def apply_view(array: np.ndarray, chain: list[tuple[str, Any]]) -> np.ndarray:
     """Apply a weight's view chain (param array -> the operand the op reads)."""
+    return np.ascontiguousarray(_view(array, chain))
+
+
+def _view(array: np.ndarray, chain: list[tuple[str, Any]]) -> np.ndarray:
+    """:func:`apply_view` without the final contiguous copy (a view where the steps allow)."""
     for kind, arg in chain:
         if kind == "transpose":
             array = array.transpose(arg)
@@ -140,7 +145,7 @@ def apply_view(array: np.ndarray, chain: list[tuple[str, Any]]) -> np.ndarray:
             array = array.astype(_NUMPY_OF_MLIR[arg])
         elif kind == "dequant":  # levels only: the scales live in their own constant
             array = storage.stored_levels(array, *arg)
-    return np.ascontiguousarray(array)
+    return array
 
 
 _NUMPY_OF_MLIR = {"f32": np.float32, "f16": np.float16, "f64": np.float64}
@@ -151,7 +156,7 @@ def unapply_view(operand: np.ndarray, chain: list[tuple[str, Any]], param_shape:
     (the inverse of :func:`apply_view`; broadcasts take their first copy)."""
     shapes = [tuple(param_shape)]
     for step in chain:
-        shapes.append(apply_view(np.empty(shapes[-1], dtype=np.int8), [step]).shape)
+        shapes.append(_view(np.broadcast_to(np.int8(0), shapes[-1]), [step]).shape)  # shapes only: no memory
     array = operand
     for (kind, arg), before in zip(reversed(chain), reversed(shapes[:-1])):
         if kind == "transpose":
@@ -246,7 +251,7 @@ class WeightedOp:
             operand = np.broadcast_to(matrix.T, self.weight_shape)
         else:
             operand = matrix.T
-        return unapply_view(np.ascontiguousarray(operand), self.chain, param_shape)
+        return unapply_view(operand, self.chain, param_shape)  # it ends contiguous: one copy at most
 
 
 _MATRIX_CONVS = ("linalg.conv_2d_nchw_fchw", "linalg.conv_2d_ngchw_gfchw", "linalg.depthwise_conv_2d_nchw_chw")
@@ -518,8 +523,27 @@ class Program:
         return str(self.module)
 
     def clone(self) -> "Program":
-        """An independent copy (a new context), so a method can rewrite without touching this one."""
-        module = ir.Module.parse(self.to_bytecode(), context=_torch_mlir_context())
+        """An independent copy (a new context), so a method can rewrite without
+        touching this one. The weights are not copied: the module travels as
+        bytecode with each parameter's blob replaced by a splat, and the copy's
+        constants are bound to the same (read-only) arrays again."""
+        with self.context, ir.Location.unknown():
+            shell = self.module.operation.clone()  # same context: attributes shared, nothing copied
+            for op in _walk(shell):
+                name = _param_blob(op, self.params)
+                if name is not None:
+                    ttype = ir.RankedTensorType(op.results[0].type)
+                    op.attributes["value"] = ir.DenseElementsAttr.get_splat(ttype, _zero(ttype.element_type))
+                    op.attributes[_BLOB_MARK] = ir.StringAttr.get(name)
+        buf = io.BytesIO()
+        shell.write_bytecode(buf)
+        module = ir.Module.parse(buf.getvalue(), context=_torch_mlir_context())
+        with module.context:
+            for op in _walk(module.operation):
+                if _BLOB_MARK in op.attributes:
+                    name = ir.StringAttr(op.attributes[_BLOB_MARK]).value
+                    del op.attributes[_BLOB_MARK]
+                    op.attributes["value"] = ir.DenseResourceElementsAttr.get_from_buffer(self.params[name], name, op.results[0].type)
         return Program(
             module=module,
             params=dict(self.params),
@@ -628,6 +652,29 @@ class Layer:
     def layout(self) -> storage.Layout:
         """How the parameter lays out the out×in matrix (for ``storage.store``)."""
         return storage.Layout(self._view_to_param)
+
+
+_BLOB_MARK = "optc.blob"  # marks a parameter constant while a module is cloned
+
+
+def _param_blob(op: ir.Operation, params: dict[str, np.ndarray]) -> str | None:
+    """The parameter an ``arith.constant dense_resource<NAME>`` holds, when NAME is one of ``params``."""
+    if op.name != "arith.constant" or "value" not in op.attributes:
+        return None
+    attr = op.attributes["value"]
+    try:
+        ir.DenseResourceElementsAttr(attr)  # a cast: str() of a dense literal would print all of it
+    except ValueError:
+        return None
+    name = resource_name(attr)
+    return name if name in params else None
+
+
+def _zero(etype: ir.Type) -> ir.Attribute:
+    try:
+        return ir.IntegerAttr.get(ir.IntegerType(etype), 0)
+    except ValueError:  # not an integer type: a float one
+        return ir.FloatAttr.get(etype, 0.0)
 
 
 def _walk(root: ir.Operation) -> Iterator[ir.Operation]:

@@ -9,9 +9,8 @@ blow up near zero and say nothing).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -49,21 +48,42 @@ def eager_outputs(module: "torch.nn.Module", inputs: Sequence[np.ndarray]) -> li
         return flatten_outputs(module(*[torch.from_numpy(np.ascontiguousarray(x)) for x in inputs]))
 
 
-def with_weights(module: "torch.nn.Module", weights: dict[str, np.ndarray]) -> "torch.nn.Module":
-    """A copy of ``module`` whose parameters/buffers named in ``weights`` are replaced."""
-    import torch
-
+def with_weights(module: "torch.nn.Module", weights: dict[str, np.ndarray]) -> "Callable[..., Any]":
+    """``module`` computing with the parameters/buffers named in ``weights``
+    replaced. Nothing is copied: each call swaps the arrays in for its duration
+    (``torch.func.functional_call``), so the model is never held twice."""
     if not weights:
         return module
-    clone = copy.deepcopy(module)
-    state = clone.state_dict(keep_vars=True)
-    with torch.no_grad():
-        for name, array in weights.items():
+    return _WithWeights(module, weights)
+
+
+def _torch_view(array: np.ndarray, dtype: "torch.dtype") -> "torch.Tensor":
+    """``array`` as a tensor of ``dtype``: a view when it already has that dtype
+    (read only here; torch warns about read-only buffers)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+
+
+class _WithWeights:
+    """A callable like the module, with some of its weights replaced per call."""
+
+    def __init__(self, module: "torch.nn.Module", weights: dict[str, np.ndarray]):
+        state = module.state_dict(keep_vars=True)  # the tensors themselves: no copy
+        for name in weights:
             if name not in state:
                 raise KeyError(f"reference weight {name!r} is not a parameter of the model")
-            state[name].copy_(torch.from_numpy(np.ascontiguousarray(array)).to(state[name].dtype))
-    return clone
+        self.module = module
+        self.weights = {name: _torch_view(array, state[name].dtype) for name, array in weights.items()}
 
+    def __call__(self, *args: Any) -> Any:
+        import torch
+
+        return torch.func.functional_call(self.module, self.weights, args)
 
 def compare(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> ErrorStats:
     if len(actual) != len(expected):

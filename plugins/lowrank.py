@@ -93,8 +93,8 @@ class LowRank(LayerMethod):
         if layer.uses[0].conv:
             return rewrite_conv(layer, plan, rw)
         rw.factor_uses(plan.a, plan.b, "lowrank")
-        # in the factors' dtype: a float64 product doubled the memory of a big layer
-        return layer.from_matrix((plan.a @ plan.b).T.astype(np.float32))
+        # out×in straight from the float32 factors: no float64 product, no transposed copy
+        return layer.from_matrix((plan.b.T @ plan.a.T).astype(np.float32, copy=False))
 
 
 # ----------------------------------------------------------------------------- convolutions

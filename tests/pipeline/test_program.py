@@ -79,6 +79,43 @@ def test_clone_is_independent():
     assert q.to_bytecode() != p.to_bytecode()
 
 
+def test_clone_holds_the_same_weights_without_copying_them():
+    """The copy's constants are bound to the original arrays: cloning a program
+    with 1 MiB of weights allocates far less than one copy of them (the old
+    bytecode round trip held the module's bytes twice)."""
+    import tracemalloc
+
+    _, p = lowered("mlp")
+    weights = sum(a.nbytes for a in p.params.values())
+    assert weights > 1_000_000
+    tracemalloc.start()
+    try:
+        q = p.clone()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < weights // 4
+    assert q.to_text(elide=False) == p.to_text(elide=False)  # every blob's bytes included
+    assert q.module.context is not p.module.context
+    assert all(q.params[n] is a for n, a in p.params.items())
+
+
+def test_from_matrix_copies_a_big_weight_once_at_most():
+    import tracemalloc
+
+    _, p = lowered("mlp")
+    layer = next(x for x in p.layers() if x.name == "0.weight")  # 512x256, read transposed by its matmul
+    m = np.ascontiguousarray(layer.matrix())
+    tracemalloc.start()
+    try:
+        back = layer.from_matrix(m)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(back, p.params["0.weight"])
+    assert peak < 1.5 * m.nbytes
+
+
 @pytest.mark.parametrize(
     "chain,shape",
     [
