@@ -155,7 +155,10 @@ class Admm(LayerMethod):
             raise OptionError("admm.prune=structure: no earlier method left a structure (put bcr before admm: --plugins bcr,admm)")
 
     def admissible(self, layer: Layer) -> Skip | None:
-        if layer.structure is None and layer.groups != 1:
+        # the weights admm would solve: the layer's own, or those of the earlier method's structure
+        # (penni's coefficient conv of a grouped conv is grouped too)
+        solved = [w for w in layer.uses if layer.structure is None or w.param == layer.structure.param]
+        if any(w.groups != 1 for w in solved):
             return Skip(SkipReason.UNSUPPORTED, f"{layer.kind} (admm solves dense layers: no calibration statistics for grouped convolutions)")
         return None if layer.structure is not None else layer.problem
 

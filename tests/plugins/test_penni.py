@@ -4,6 +4,7 @@ coefficients reconstruct the layer's output better than the plain projection,
 pruned coefficients drop unused basis maps, admm re-solves and quantizes the
 coefficients, and bad settings are one clear error."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -200,6 +201,22 @@ def test_admm_quantizes_the_published_coefficients_to_int8():
     assert levels and p.params[levels[0]].dtype == np.int8 and p.params[levels[0]].shape == (8, 12, 1, 1)
     assert coef not in p.params
     check_artifact(Run(model, original, p, result))
+
+
+def test_admm_after_penni_skips_a_grouped_conv_with_the_reason():
+    model, p = two_convs()
+    ctx = MethodContext(calibration=synthetic_calibration(p, samples=8))
+    penni = Penni().apply(p, options_for(Penni(), {"bases": 2, "force": True}), ctx)
+    assert {"a.weight", "b.weight", "g.weight"} <= set(p.structures)  # penni decomposed the grouped conv too
+    original = p.clone()
+    result = Admm().apply(p, options_for(Admm(), {"quant": "int8", "iterations": 2}), ctx)
+    p.verify()
+    c = changes(Run(model, original, p, result))
+    assert c["g.weight"].reason is SkipReason.UNSUPPORTED and "grouped" in c["g.weight"].action
+    assert c["a.weight"].status == Status.CHANGED and c["b.weight"].status == Status.CHANGED
+    # the program computes with penni's g and admm's a and b
+    both = dataclasses.replace(result, reference_weights={**penni.reference_weights, **result.reference_weights})
+    check_artifact(Run(model, original, p, both))
 
 
 def test_bcr_after_penni_block_prunes_the_coefficient_conv_and_admm_still_solves_inside():
