@@ -1,10 +1,15 @@
-"""bcr's realized efficiency (speedup ÷ FLOP reduction) at 4× fewer FLOPs in the
-pruned layers: the reference LSTM (all gate matrices) and the reference
-BERT-shaped encoder (every linear layer but the 2-way head), batch 1 and 32,
-cpu target, with `optc bench` (eager, dense and compressed interleaved, each in its own
-process). Prints a markdown table.
+"""bcr's realized efficiency (speedup ÷ FLOP reduction) at bcr's default options
+(col_keep 0.5, row_keep 0.5: 4× fewer MACs in every pruned layer) for each
+block size asked: the reference LSTM (all gate matrices), the BERT-shaped
+encoder (every linear layer but the 2-way head) and ResNet-18 (every conv and
+linear layer whose rows the block divides), cpu target, with `optc bench`
+(eager, dense and compressed interleaved, each in its own process). Prints a
+markdown table, one row per model × block × batch.
 
-    .venv/bin/python benchmarks/bcr_efficiency.py [--block 0] [--threads 2] [--batches 1,32] [--min-rounds 20]
+    .venv/bin/python benchmarks/bcr_efficiency.py [--blocks 16,32,64] [--col-group 0] [--threads 2] [--batches 1,32]
+
+--col-group sets bcr.col_group (rows sharing one column set; 0 = the whole
+layer, bcr's default; equal to the block = GRIM's own columns per block).
 """
 
 from __future__ import annotations
@@ -19,11 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# 4x fewer MACs in every pruned layer: keep a quarter of each block's columns, every row.
-# One block per layer (block=0) by default: IREE 3.13 runs a batch_matmul over
-# several blocks ~1.6x slower than one matmul of the same FLOPs (each block packs
-# its own gathered input); --block 512 shows the multi-block numbers.
-SKIP = {"lstm": "fc.weight", "bert": "head.weight"}
+SKIP = {"lstm": "fc.weight", "bert": "head.weight", "resnet18": "fc.weight"}  # the classifier heads
 
 
 def main() -> None:
@@ -32,33 +33,38 @@ def main() -> None:
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--min-rounds", type=int, default=20)
     ap.add_argument("--models", default=",".join(SKIP))
-    ap.add_argument("--block", type=int, default=0, help="bcr.block (0: one block per layer)")
+    ap.add_argument("--blocks", default="16,32,64", help="bcr.block values to run")
+    ap.add_argument("--col-group", type=int, default=None, help="bcr.col_group (default: bcr's own default)")
     ap.add_argument("--min-seconds", type=float, default=10.0)
     args = ap.parse_args()
     optc = shutil.which("optc", path=str(Path(sys.executable).parent)) or "optc"
-    print("| model | batch | eager ms | dense ms | bcr ms | bcr vs dense | FLOP reduction (model) | pruned-layer FLOP reduction | efficiency |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | block | col_group | batch | eager ms | dense ms | bcr ms | bcr vs dense | FLOP reduction (model) | pruned-layer FLOP reduction | efficiency |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for model in args.models.split(","):
-        for batch in [int(b) for b in args.batches.split(",")]:
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "bench.json"
-                cmd = [optc, "bench", f"examples.reference_models:{model}", "--plugins", "bcr", "--batch", str(batch),
-                       "--threads", str(args.threads), "--min-rounds", str(args.min_rounds), "--min-seconds", str(args.min_seconds),
-                       "--json", str(out), "--opt", f"bcr.block={args.block}", "--opt", "bcr.col_keep=0.25", "--opt", "bcr.row_keep=1",
-                       "--opt", f"bcr.skip={SKIP[model]}"]
-                print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
-                subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True)
-                rep = json.loads(out.read_text())
-            b = rep["bench"]
-            lat = {k: v["median"] for k, v in b["latency_ms"].items()}
-            pruned = [r for r in rep["layers"] if "bcr" in r["methods"]]
-            layer_cut = sum(r["macs_before"] for r in pruned) / sum(r["macs_after"] for r in pruned)
-            print(
-                f"| {model} | {batch} | {lat['eager']:.2f} | {lat['dense']:.2f} | {lat['compressed']:.2f} "
-                f"| {b['speedup']['compressed_vs_dense']:.2f}x | {b['flop_reduction']:.2f}x | {layer_cut:.2f}x "
-                f"| {b['realized_efficiency']:.2f} |",
-                flush=True,
-            )
+        for block in [int(b) for b in args.blocks.split(",")]:
+            for batch in [int(b) for b in args.batches.split(",")]:
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = Path(tmp) / "bench.json"
+                    opts = [f"bcr.block={block}", f"bcr.skip={SKIP[model]}"]
+                    if args.col_group is not None:
+                        opts.append(f"bcr.col_group={args.col_group}")
+                    cmd = [optc, "bench", f"examples.reference_models:{model}", "--plugins", "bcr", "--batch", str(batch),
+                           "--threads", str(args.threads), "--min-rounds", str(args.min_rounds), "--min-seconds", str(args.min_seconds),
+                           "--json", str(out), *(a for o in opts for a in ("--opt", o))]
+                    print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
+                    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True)
+                    rep = json.loads(out.read_text())
+                b = rep["bench"]
+                lat = {k: v["median"] for k, v in b["latency_ms"].items()}
+                pruned = [r for r in rep["layers"] if "bcr" in r["methods"]]
+                layer_cut = sum(r["macs_before"] for r in pruned) / sum(r["macs_after"] for r in pruned)
+                group = args.col_group if args.col_group is not None else "default"
+                print(
+                    f"| {model} | {block} | {group} | {batch} | {lat['eager']:.2f} | {lat['dense']:.2f} | {lat['compressed']:.2f} "
+                    f"| {b['speedup']['compressed_vs_dense']:.2f}x | {b['flop_reduction']:.2f}x | {layer_cut:.2f}x "
+                    f"| {b['realized_efficiency']:.2f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

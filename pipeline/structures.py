@@ -72,9 +72,11 @@ class Structure:
 @dataclass
 class BlockColumnRow(Structure):
     """bcr's structure (GRIM). Rows are cut into blocks of ``block``; ``cols[g]``
-    are the kept columns of block g (one shared row when every column is kept),
+    are the kept columns of column group g — ``len(cols)`` groups of consecutive
+    blocks share one column set (one group per block is GRIM's finest form) —
     ``rows[b]`` the kept rows inside block b (0..block-1), both sorted.
-    The compact weight is nb×kc×rb, or in×(nb·rb) when the columns are shared."""
+    The compact weight is kc×(nb·rb) with one group (in×(nb·rb) when every
+    column is kept), else groups×kc×(blocks per group·rb)."""
 
     shape: tuple[int, int]
     block: int
@@ -83,7 +85,8 @@ class BlockColumnRow(Structure):
 
     @property
     def shared(self) -> bool:
-        return len(self.cols) == 1 and self.cols.shape[1] == self.shape[1]
+        """One column set, and it is every column: no gather at all."""
+        return self.groups == 1 and self.cols.shape[1] == self.shape[1]
 
     @property
     def keeps_all_rows(self) -> bool:
@@ -93,6 +96,13 @@ class BlockColumnRow(Structure):
     def blocks(self) -> int:
         return self.shape[0] // self.block
 
+    @property
+    def groups(self) -> int:
+        return len(self.cols)
+
+    def block_cols(self, b: int) -> np.ndarray:
+        return self.cols[b // (self.blocks // self.groups)]
+
     def out_rows(self) -> np.ndarray:
         """nb×rb: the matrix row of every compact output channel."""
         return self.rows + self.block * np.arange(self.blocks)[:, None]
@@ -101,21 +111,20 @@ class BlockColumnRow(Structure):
         m = np.zeros(self.shape, dtype=bool)
         out = self.out_rows()
         for b in range(self.blocks):
-            m[np.ix_(out[b], self.cols[0 if self.shared else b])] = True
+            m[np.ix_(out[b], self.block_cols(b))] = True
         return m
 
     def compact(self, matrix: np.ndarray) -> np.ndarray:
         """The kept weights as the rewritten program stores them."""
-        out = self.out_rows()
-        if self.shared:
-            return np.ascontiguousarray(matrix[out.reshape(-1)].T)  # in × nb·rb
-        return np.stack([matrix[np.ix_(out[b], self.cols[b])].T for b in range(self.blocks)])
+        out = self.out_rows().reshape(self.groups, -1)  # a group's output rows, block after block
+        per_group = np.stack([matrix[np.ix_(out[g], self.cols[g])].T for g in range(self.groups)])
+        return np.ascontiguousarray(per_group[0]) if self.groups == 1 else per_group
 
     def macs(self, rows: int = 1) -> int:
         return self.blocks * self.cols.shape[1] * self.rows.shape[1] * rows
 
     def nbytes(self, itemsize: int = 4) -> int:
-        # values, the kept columns per block (none when shared), a block and a position per output row
+        # values, the kept columns per group (none when shared), a block and a position per output row
         return self.macs() * itemsize + (0 if self.shared else self.cols.size * INDEX_BYTES) + 2 * self.shape[0] * INDEX_BYTES
 
 

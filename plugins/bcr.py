@@ -40,11 +40,12 @@ from optc.structures import BlockColumnRow, KernelBasis
 
 @dataclass
 class BcrOptions(SelectionOptions):
-    OVERRIDABLE = ("block", "col_keep", "row_keep")
+    OVERRIDABLE = ("block", "col_keep", "row_keep", "col_group")
 
     block: int = option(16, "rows (outputs) per block; a layer whose rows it does not divide is skipped (an error when named in layers/override); 0 = one block of all rows")
     col_keep: float = option(0.5, "fraction of columns (inputs) each block keeps, in (0, 1]")
     row_keep: float = option(0.5, "fraction of rows (outputs) each block keeps, in (0, 1]")
+    col_group: int = option(0, "rows (outputs) that share one set of kept columns, a multiple of block; 0 = the whole layer (one gather and one matmul, fastest); block = GRIM's own columns per block (a batched matmul over blocks, slower)")
     score: Literal["auto", "magnitude", "activation"] = option(
         "auto", "importance: weight L2 norm (magnitude) or weight × input-activation norm (activation, needs --calib); auto = activation when --calib is given"
     )
@@ -55,26 +56,31 @@ class BcrOptions(SelectionOptions):
                 raise ValueError(f"{key}={getattr(self, key)}: keep rates must be in (0, 1]")
         if self.block < 0:
             raise ValueError(f"block={self.block}: must be an integer >= 1 (or 0: one block of all rows)")
+        if self.col_group < 0:
+            raise ValueError(f"col_group={self.col_group}: must be an integer >= 1 (a multiple of block, or 0: the whole layer)")
         super().validate()
 
 
 def choose_blocks(
-    matrix: np.ndarray, block: int, kc: int, rb: int, gram: np.ndarray | None
+    matrix: np.ndarray, block: int, kc: int, rb: int, gram: np.ndarray | None, group: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(cols nb×kc, rows nb×rb), both sorted: per block the kc columns and then the
-    rb rows (within the kept columns) of largest importance. With a Gram matrix
-    G = X·Xᵀ of the layer's inputs, importance is the norm of the weights' output
-    contribution: column c scores ‖W_b[:, c]‖²·G[c, c], row r scores w·G·wᵀ."""
+    """(cols ng×kc, rows nb×rb), both sorted: per group of ``group`` rows (default:
+    one block) the kc columns and then per block the rb rows (within its group's
+    kept columns) of largest importance. With a Gram matrix G = X·Xᵀ of the
+    layer's inputs, importance is the norm of the weights' output contribution:
+    column c scores ‖W_g[:, c]‖²·G[c, c], row r scores w·G·wᵀ."""
     n, k = matrix.shape
-    nb = n // block
-    w = matrix.astype(np.float64).reshape(nb, block, k)
-    col_score = (w**2).sum(axis=1) * (np.diag(gram)[None, :] if gram is not None else 1.0)
+    nb, group = n // block, group or block
+    w = matrix.astype(np.float64)
+    col_score = (w.reshape(n // group, group, k) ** 2).sum(axis=1) * (np.diag(gram)[None, :] if gram is not None else 1.0)
     cols = np.sort(np.argsort(-col_score, axis=1, kind="stable")[:, :kc], axis=1)
+    w = w.reshape(nb, block, k)
     rows = np.empty((nb, rb), dtype=np.int64)
     for b in range(nb):
-        wb = w[b][:, cols[b]]
+        gcols = cols[b * block // group]
+        wb = w[b][:, gcols]
         if gram is not None:
-            g = gram[np.ix_(cols[b], cols[b])]
+            g = gram[np.ix_(gcols, gcols)]
             row_score = np.einsum("rc,cd,rd->r", wb, g, wb)
         else:
             row_score = (wb**2).sum(axis=1)
@@ -110,12 +116,16 @@ class Bcr(LayerMethod):
         if block > n or n % block:
             return Skip(SkipReason.DOES_NOT_FIT, f"block={block} does not fit layer {layer.name} ({n} output rows): use a block size "
                         f"dividing {n}, bcr.override={layer.name}:block=N, or bcr.skip={layer.name}")
+        group = options.col_group or n
+        if group % block or n % group:
+            return Skip(SkipReason.DOES_NOT_FIT, f"col_group={group} does not fit layer {layer.name} ({n} output rows, block {block}): "
+                        f"use a multiple of the block dividing {n}, bcr.override={layer.name}:col_group=N, or bcr.skip={layer.name}")
         kc, rb = max(1, round(k * options.col_keep)), max(1, round(block * options.row_keep))
         use_gram = activation_scores(self.name, options.score, ctx)
         gram = (coef.gram(ctx.calibration.gram(layer.name)) if coef else ctx.calibration.gram(layer.name)) if use_gram else None
-        cols, rows = choose_blocks(matrix, block, kc, rb, gram)
+        cols, rows = choose_blocks(matrix, block, kc, rb, gram, group)
         structure = BlockColumnRow((n, k), block, cols[:1] if kc == k else cols, rows)  # every column kept: shared
-        details = {"block": block, "blocks": n // block, "cols_kept": kc, "rows_kept": rb, "in": k, "out": n,
+        details = {"block": block, "blocks": n // block, "col_groups": len(structure.cols), "cols_kept": kc, "rows_kept": rb, "in": k, "out": n,
                    "density": kc * rb * (n // block) / (n * k), "score": "activation" if use_gram else "magnitude", "ops": len(coef.uses if coef else layer.uses)}
         action = f"pruned to {n // block} blocks × {kc} cols × {rb} rows" + (" (penni's coefficient 1×1 conv)" if coef else "")
         return Plan(action, details, structure=structure, matrix=matrix, coef=coef)
@@ -177,19 +187,20 @@ def _penni_coefficients(layer: Layer) -> "_Coefficients | Skip | None":
 class _Tables:
     """Index constants shared by every use of one pruned layer."""
 
-    cols: ir.Value | None  # g×kc input columns (matmul), or None when x is used as is
+    cols: ir.Value | None  # groups×kc input columns (matmul), or None when x is used as is
     conv_cols: tuple[ir.Value, ir.Value, ir.Value] | None  # channel, row, column offsets per kept column
-    blk: ir.Value  # per output row: its block (or 0)
-    pos: ir.Value  # per output row: its compact channel inside the block (-1: pruned)
+    blk: ir.Value  # per output row: its column group
+    pos: ir.Value  # per output row: its compact channel inside the group (-1: pruned)
 
 
 def _tables(rw: LayerRewriter, s: BlockColumnRow, first: WeightedOp) -> _Tables:
     n, _ = s.shape
     blk = np.zeros(n, dtype=np.int32)
     pos = np.full(n, -1, dtype=np.int32)
+    per_group = s.blocks // s.groups
     for b, rows in enumerate(s.out_rows()):
-        blk[rows] = 0 if s.shared else b
-        pos[rows] = np.arange(len(rows)) + (b * len(rows) if s.shared else 0)
+        blk[rows] = b // per_group
+        pos[rows] = np.arange(len(rows)) + (b % per_group) * len(rows)
     return _Tables(
         cols=None if s.shared else rw.constant("bcr_cols", s.cols.astype(np.int32)),
         conv_cols=_conv_tables(rw, s, first) if first.conv else None,
@@ -211,8 +222,8 @@ def _rewrite(build: Any, w: WeightedOp, s: BlockColumnRow, compact: ir.Value, t:
     op = w.op
     x, init = op.operands[0], op.operands[2]
     conv = w.kind == "conv2d"
-    nb, g = s.blocks, len(s.cols)
-    kc, rb = s.cols.shape[1], s.rows.shape[1]
+    g, kc = s.cols.shape
+    width = s.blocks // g * s.rows.shape[1]  # compact output channels per column group
     f32 = ir.RankedTensorType(init.type).element_type
     if conv:
         nn, _, oh, ow = shape_of(init)
@@ -224,19 +235,19 @@ def _rewrite(build: Any, w: WeightedOp, s: BlockColumnRow, compact: ir.Value, t:
         xs = shape_of(x)
         lead = xs[:-1]
         x2 = build.collapse(x, [list(range(len(xs) - 1)), [len(xs) - 1]]) if len(xs) > 2 else x
-        rows_x = x2 if s.shared else _gather_columns(build, x2, t.cols, nb, kc, f32)
+        rows_x = x2 if s.shared else _gather_columns(build, x2, t.cols, g, kc, f32)
     m = int(np.prod(lead))
-    if s.shared or nb == 1:
-        # One matmul: shared columns put every block's channels side by side
-        # in "block" 0, and one block needs no batch dim (IREE's
-        # batch_matmul is slower than a matmul of the same FLOPs).
-        lhs, rhs = (build.collapse(v, [[0, 1], [2]]) if len(shape_of(v)) == 3 else v for v in (rows_x, compact))
-        y = build.matmul(lhs, rhs, build.zeros((m, nb * rb), like=init))
-        y = build.expand(y, [list(range(len(lead) + 1)), [len(lead) + 1]], (1, *lead, nb * rb))
+    if g == 1:
+        # One matmul: one column group puts every block's channels side by
+        # side, with no batch dim (IREE's batch_matmul is slower than a matmul
+        # of the same FLOPs).
+        lhs = build.collapse(rows_x, [[0, 1], [2]]) if len(shape_of(rows_x)) == 3 else rows_x
+        y = build.matmul(lhs, compact, build.zeros((m, width), like=init))
+        y = build.expand(y, [list(range(len(lead) + 1)), [len(lead) + 1]], (1, *lead, width))
     else:
-        y = build.batch_matmul(rows_x, compact, build.zeros((nb, m, rb), like=init))
+        y = build.batch_matmul(rows_x, compact, build.zeros((g, m, width), like=init))
         if len(lead) > 1:
-            y = build.expand(y, [[0], list(range(1, len(lead) + 1)), [len(lead) + 1]], (nb, *lead, rb))
+            y = build.expand(y, [[0], list(range(1, len(lead) + 1)), [len(lead) + 1]], (g, *lead, width))
     if s.keeps_all_rows and not conv:
         return _interleave(build, y, init)
     return _scatter(build, y, init, t.blk, t.pos, channel_dim=1 if conv else len(lead))

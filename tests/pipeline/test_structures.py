@@ -24,6 +24,22 @@ def test_block_column_row_mask_compact_and_costs():
     np.testing.assert_array_equal(s.apply(W), np.where(m, W, 0))
 
 
+def test_block_column_row_column_groups_share_columns_and_store_one_matrix_per_group():
+    cols = np.array([[0, 3, 5], [1, 2, 11]])  # 4 blocks of 2 rows in 2 column groups of 2 blocks
+    rows = np.array([[0], [1], [1], [0]])
+    s = BlockColumnRow((8, 12), 2, cols, rows)
+    assert s.groups == 2 and s.block_cols(1).tolist() == [0, 3, 5] and s.block_cols(2).tolist() == [1, 2, 11]
+    m = s.mask()
+    assert m.sum() == 4 * 3 and m[0, [0, 3, 5]].all() and m[3, [0, 3, 5]].all() and m[5, [1, 2, 11]].all() and m[6, [1, 2, 11]].all()
+    compact = s.compact(W)
+    assert compact.shape == (2, 3, 2)  # groups × kc × (blocks per group · rb)
+    np.testing.assert_array_equal(compact[1], W[np.ix_([5, 6], [1, 2, 11])].T)
+    one = BlockColumnRow((8, 12), 2, cols[:1], rows)  # one group: a plain kc × (nb·rb) matrix
+    np.testing.assert_array_equal(one.compact(W), W[np.ix_([0, 3, 5, 6], [0, 3, 5])].T)
+    assert not one.shared and one.macs() == 4 * 3 and one.nbytes() == 12 * 4 + 3 * 4 + 2 * 8 * 4
+    np.testing.assert_array_equal(s.apply(W), np.where(m, W, 0))
+
+
 def test_unstructured_and_nm_keep_what_they_say():
     u = Unstructured.largest(W, 0.25)
     assert u.mask().sum() == 24 and np.abs(W[u.mask()]).min() >= np.abs(W[~u.mask()]).max()

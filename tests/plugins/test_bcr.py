@@ -1,5 +1,6 @@
 """bcr: keep rate 1.0 is exact, the rewritten program has the block structure the
-options ask for (gather -> compact batch_matmul -> scatter), the compiled artifact
+options ask for (one column group: gather -> compact matmul -> scatter; several:
+gather -> batch_matmul over groups -> scatter), the compiled artifact
 reproduces the pruned reference, and bad options fail with one clear message."""
 
 import subprocess
@@ -51,8 +52,12 @@ def test_keep_rate_one_is_exact(name, opts):
     "name, opts",
     [
         ("mlp", {"block": 4, "col_keep": 0.25, "row_keep": 0.5, "override": "4.weight:block=2"}),
+        ("mlp", {"block": 4, "col_keep": 0.25, "row_keep": 0.5, "col_group": 4, "override": "4.weight:block=2:col_group=2"}),
+        ("mlp", {"block": 4, "col_keep": 0.5, "row_keep": 0.5, "col_group": 128}),  # several groups of several blocks
         ("lstm", {"block": 16, "col_keep": 0.5, "row_keep": 0.5, "skip": "fc.weight"}),
+        ("lstm", {"block": 16, "col_keep": 0.5, "row_keep": 0.5, "col_group": 16, "skip": "fc.weight"}),
         ("cnn", {"block": 4, "col_keep": 0.5, "row_keep": 0.5, "skip": "fc2.weight"}),
+        ("cnn", {"block": 4, "col_keep": 0.5, "row_keep": 0.5, "col_group": 4, "skip": "fc2.weight"}),
         ("transformer", {"block": 16, "col_keep": 0.25, "row_keep": 1.0, "override": "head.weight:block=4"}),
     ],
 )
@@ -64,7 +69,7 @@ def test_pruned_artifact_matches_the_pruned_reference(name, opts):
 
 
 def test_block_structure_follows_the_options():
-    _, p, result = apply("mlp", block=4, col_keep=0.25, row_keep=0.5, override="4.weight:block=2")
+    _, p, result = apply("mlp", block=4, col_keep=0.25, row_keep=0.5, col_group=4, override="4.weight:block=2:col_group=2")
     # 0.weight is 512 out x 256 in: 128 blocks of 4 rows, 64 columns and 2 rows kept per block
     s = p.structures["0.weight"].structure
     assert (s.blocks, s.cols.shape, s.rows.shape) == (128, (128, 64), (128, 2))
@@ -97,13 +102,48 @@ CHECKS = """
 """
 
 
-def test_rewritten_ir_filecheck(tmp_path):
-    _, p, _ = apply("mlp", block=4, col_keep=0.25, row_keep=0.5, layers="0.weight")
-    checks = tmp_path / "checks.mlir"
-    checks.write_text(CHECKS)
+# Default col_group (the whole layer): one gather of the kept inputs, one matmul, one scatter.
+ONE_GROUP_CHECKS = """
+// CHECK: dense_resource<"0.weight.bcr"> : tensor<64x256xf32>
+// CHECK: linalg.generic
+// CHECK: tensor.extract
+// CHECK: -> tensor<1x4x64xf32>
+// CHECK: linalg.fill
+// CHECK-NEXT: linalg.matmul ins(%{{.*}}, %{{.*}} : tensor<4x64xf32>, tensor<64x256xf32>) outs(%{{.*}} : tensor<4x256xf32>)
+// CHECK: linalg.generic
+// CHECK: tensor.extract
+// CHECK: -> tensor<4x512xf32>
+// CHECK-NOT: linalg.batch_matmul
+// CHECK-NOT: dense_resource<"0.weight">
+"""
+
+# col_group 128 rows = 32 blocks of 4: a batch_matmul over 4 groups, each 64 columns × 32·2 rows.
+GROUPS_CHECKS = """
+// CHECK: dense_resource<"0.weight.bcr"> : tensor<4x64x64xf32>
+// CHECK: -> tensor<4x4x64xf32>
+// CHECK: linalg.batch_matmul ins(%{{.*}}, %{{.*}} : tensor<4x4x64xf32>, tensor<4x64x64xf32>) outs(%{{.*}} : tensor<4x4x64xf32>)
+// CHECK: -> tensor<4x512xf32>
+"""
+
+
+@pytest.mark.parametrize("checks, col_group", [(CHECKS, 4), (ONE_GROUP_CHECKS, 0), (GROUPS_CHECKS, 128)])
+def test_rewritten_ir_filecheck(tmp_path, checks, col_group):
+    _, p, _ = apply("mlp", block=4, col_keep=0.25, row_keep=0.5, col_group=col_group, layers="0.weight")
+    path = tmp_path / "checks.mlir"
+    path.write_text(checks)
     fc = Path(sys.executable).parent / "filecheck"
-    proc = subprocess.run([str(fc), str(checks)], input=p.to_text(), capture_output=True, text=True)
+    proc = subprocess.run([str(fc), str(path)], input=p.to_text(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_col_group_shares_columns_across_its_blocks():
+    _, p, _ = apply("mlp", block=4, col_keep=0.25, row_keep=0.5, col_group=128, layers="0.weight")
+    s = p.structures["0.weight"].structure
+    assert s.cols.shape == (4, 64) and len({tuple(c) for c in s.cols}) == 4
+    mask = s.mask()
+    for g in range(4):
+        kept = mask[128 * g: 128 * g + 128]
+        assert (kept[kept.any(axis=1)] == np.isin(np.arange(256), s.cols[g])).all()  # every kept row of the group: its columns
 
 
 def test_all_columns_kept_is_one_matmul_without_a_gather():
@@ -123,6 +163,16 @@ def test_activation_score_keeps_the_columns_that_carry_signal():
     assert by_activation.tolist() == [[0, 1]]
 
 
+def test_a_column_group_keeps_the_columns_that_matter_to_all_its_blocks():
+    # Block 0 favours columns 0, 1; block 1 favours 2, 3 more strongly: per block each keeps its own,
+    # one group of both keeps the two columns of largest total weight.
+    w = np.array([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.1, 2.0, 3.0], [0.0, 0.1, 2.0, 3.0]])
+    per_block, _ = choose_blocks(w, 2, 2, 2, None)
+    grouped, rows = choose_blocks(w, 2, 2, 1, None, group=4)
+    assert per_block.tolist() == [[0, 1], [2, 3]]
+    assert grouped.tolist() == [[2, 3]] and rows.shape == (2, 1)
+
+
 @pytest.mark.parametrize(
     "assignments, fragment",
     [
@@ -132,6 +182,7 @@ def test_activation_score_keeps_the_columns_that_carry_signal():
         ({"override": "fc:colkeep=0.5"}, "unknown key 'colkeep'"),
         ({"override": "fc"}, "expected PATTERN:KEY=V"),
         ({"block": "-1"}, "block=-1: must be an integer >= 1 (or 0: one block of all rows)"),
+        ({"col_group": "-2"}, "col_group=-2: must be an integer >= 1 (a multiple of block, or 0: the whole layer)"),
     ],
 )
 def test_bad_options_name_the_problem(assignments, fragment):
@@ -154,6 +205,12 @@ def test_block_that_does_not_fit_a_named_layer_is_an_error():
         apply("mlp", block=16, layers="0.weight,4.weight")  # 4.weight has 10 rows
     assert "block=16 does not fit layer 4.weight (10 output rows)" in str(e.value)
     assert "bcr.skip=4.weight" in str(e.value)
+
+
+def test_col_group_that_is_not_a_multiple_of_the_block_is_an_error_for_a_named_layer():
+    with pytest.raises(OptionError) as e:
+        apply("mlp", block=4, col_group=6, layers="0.weight")
+    assert "col_group=6 does not fit layer 0.weight (512 output rows, block 4)" in str(e.value)
 
 
 def test_block_that_does_not_fit_an_unnamed_layer_skips_it_with_the_reason():
