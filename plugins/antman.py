@@ -56,7 +56,7 @@ class AntManOptions(SelectionOptions):
     groups: int = option(1, "block-diagonal groups per gate matrix (inputs interleaved across groups); must divide in and out")
     rank: Optional[int] = option(None, "low-rank factors x·A·B of this rank (capped at min(in, out))")
     reduction: Optional[float] = option(None, "low rank chosen so each matrix's MACs shrink by this factor, > 1 (overrides rank)")
-    passes: int = option(1, "with --calib: fit every layer this many times, each pass on the inputs the previous pass's weights produce")
+    passes: int = option(2, "with --calib: fit every layer this many times, each pass on the inputs the previous pass's weights produce (the second pass sees the recurrence the fitted weights produce)")
     damp: float = option(1e-6, "with --calib: added to diag(E[x·xᵀ]), relative to its mean, so rank-deficient inputs still solve")
     force: bool = option(False, "factor even where rank·(in+out) >= in·out, i.e. not cheaper (to check the rewrite is exact)")
 
@@ -203,6 +203,10 @@ class AntMan(LayerMethod):
             return Skip(SkipReason.NOTHING_TO_DO, "groups=1 and no rank/reduction")
         if opts.groups > 1 or opts.force:
             return None
+        if opts.reduction is not None and in_dim * out_dim < opts.reduction * (in_dim + out_dim):
+            # even rank 1 misses the asked cut (a narrow matrix, e.g. a first layer's 8 inputs):
+            # rank 1 would keep almost nothing of it for almost no saving
+            return Skip(SkipReason.DOES_NOT_FIT, f"reduction={opts.reduction:g} needs a rank below 1 on {layer.name} ({out_dim}×{in_dim}); force=true rewrites it at rank 1")
         rank = low_rank(out_dim, in_dim, opts)
         if rank * (in_dim + out_dim) >= in_dim * out_dim:
             return Skip(SkipReason.NOT_PROFITABLE, f"rank {rank} factors of {layer.name} ({out_dim}×{in_dim}) need {rank * (in_dim + out_dim):,} MACs per row, the matrix {in_dim * out_dim:,}")

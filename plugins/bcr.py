@@ -7,19 +7,27 @@ keeps the same number of whole columns and whole rows, chosen by importance:
 the L2 norm of a column (row) inside the block, weighted by the input's
 activation norm when calibration data is given (``score``).
 
-Because every block keeps as many columns and rows as the others, the pruned
-layer is one dense batched matmul over compact blocks:
+Blocks are grouped by ``col_group`` rows: the blocks of a group keep the same
+columns (each block still keeps its own rows), so the pruned layer is one dense
+batched matmul over compact groups:
 
-    Xg[b, m, c] = x[m, cols[b, c]]               gather (a linalg.generic)
-    Yb = batch_matmul(Xg, Wc)                    Wc: nb × kc × rb
-    y[m, n] = init[m, n] + Yb[blk[n], m, pos[n]] scatter; pruned rows add nothing
+    Xg[g, m, c] = x[m, cols[g, c]]               gather (a linalg.generic)
+    Yg = batch_matmul(Xg, Wc)                    Wc: ng × kc × (blocks per group · rb)
+    y[m, n] = init[m, n] + Yg[grp[n], m, pos[n]] scatter; pruned rows add nothing
+
+The default ``col_group=0`` is one group for the whole layer: gather, one
+``matmul``, scatter. That is the fast form: IREE 3.13 runs a ``batch_matmul``
+over many small blocks far slower than one matmul of the same FLOPs (each
+block packs its own gathered input; README "Things measured here").
+``col_group=block`` is GRIM's own choice of columns per block, which keeps
+more of the weight at the same density but runs as that slower batched form.
 
 When every column is kept the gather is dropped and one matmul ``x · Wc``
 (Wc: in × nb·rb) computes all blocks; when every row is kept the scatter is a
 transpose (blocks are contiguous rows), which IREE folds into the matmul. A
 convolution gathers straight from the (padded) image, so im2col and the column
 selection are one op. Blocks are of rows only: GRIM's optional column blocks
-are not built (METHODS.md); a block's kept columns may lie anywhere.
+are not built (METHODS.md); a group's kept columns may lie anywhere.
 """
 
 from __future__ import annotations

@@ -63,6 +63,19 @@ def test_a_rank_that_does_not_cut_macs_is_skipped_as_not_profitable():
     assert {c.layer: c for c in result.changes}["lstm.weight_hh_l0"].status == Status.CHANGED
 
 
+def test_a_reduction_no_rank_reaches_skips_the_matrix_unless_forced():
+    # lstm: weight_ih_l0 is 256×16, so a 16x cut needs rank 4096 / (16·272) < 1; weight_hh_l0 (256×64) gets rank 3
+    _, p, before, result = apply("lstm", reduction=16)
+    changes = {c.layer: c for c in result.changes}
+    ih = changes["lstm.weight_ih_l0"]
+    assert ih.reason == SkipReason.DOES_NOT_FIT and "rank below 1" in ih.action, ih
+    assert p.layer_stats()["lstm.weight_ih_l0"].macs == before["lstm.weight_ih_l0"].macs
+    assert changes["lstm.weight_hh_l0"].status == Status.CHANGED
+    _, _, _, result = apply("lstm", reduction=16, force="true")
+    forced = {c.layer: c for c in result.changes}["lstm.weight_ih_l0"]
+    assert forced.status == Status.CHANGED and forced.details["rank"] == 1
+
+
 @pytest.mark.parametrize("form, structure", [({"rank": 8}, LowRankFactors), ({"groups": 4}, BlockColumnRow)])
 def test_admm_quantizes_the_published_factors_to_int8(form, structure):
     model, p = lowered("lstm")
