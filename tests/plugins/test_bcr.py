@@ -54,9 +54,9 @@ def test_keep_rate_one_is_exact(name, opts):
         ("mlp", {"block": 4, "col_keep": 0.25, "row_keep": 0.5, "override": "4.weight:block=2"}),
         ("mlp", {"block": 4, "col_keep": 0.25, "row_keep": 0.5, "col_group": 4, "override": "4.weight:block=2:col_group=2"}),
         ("mlp", {"block": 4, "col_keep": 0.5, "row_keep": 0.5, "col_group": 128}),  # several groups of several blocks
-        ("lstm", {"block": 16, "col_keep": 0.5, "row_keep": 0.5, "skip": "fc.weight"}),
+        ("lstm", {"block": 16, "col_keep": 0.5, "row_keep": 0.5, "col_group": 0, "skip": "fc.weight"}),
         ("lstm", {"block": 16, "col_keep": 0.5, "row_keep": 0.5, "col_group": 16, "skip": "fc.weight"}),
-        ("cnn", {"block": 4, "col_keep": 0.5, "row_keep": 0.5, "skip": "fc2.weight"}),
+        ("cnn", {"block": 4, "col_keep": 0.5, "row_keep": 0.5, "col_group": 0, "skip": "fc2.weight"}),
         ("cnn", {"block": 4, "col_keep": 0.5, "row_keep": 0.5, "col_group": 4, "skip": "fc2.weight"}),
         ("transformer", {"block": 16, "col_keep": 0.25, "row_keep": 1.0, "override": "head.weight:block=4"}),
     ],
@@ -102,7 +102,7 @@ CHECKS = """
 """
 
 
-# Default col_group (the whole layer): one gather of the kept inputs, one matmul, one scatter.
+# col_group=0 (the whole layer): one gather of the kept inputs, one matmul, one scatter.
 ONE_GROUP_CHECKS = """
 // CHECK: dense_resource<"0.weight.bcr"> : tensor<64x256xf32>
 // CHECK: linalg.generic
