@@ -39,6 +39,7 @@ from typing import Optional
 import numpy as np
 
 from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, option
+from optc.calibration import LayerData, solve_in_order
 from optc.errors import OptionError
 from optc.hookspecs import hookimpl
 from optc.program import Layer, LayerRewriter, shape_of
@@ -180,15 +181,14 @@ class AntMan(LayerMethod):
                 plans[layer.name] = skip
             else:
                 todo.append((layer, opts, layer.matrix()))
-        solved: dict[str, np.ndarray] = {}  # layer -> fitted weights, parameter layout
-        for step in range(options.passes if ctx.calibration is not None else 1):
-            for i, (layer, opts, w) in enumerate(todo):
-                ctx.progress(f"antman: pass {step + 1}/{options.passes}, layer {i + 1}/{len(todo)} {layer.name}")
-                stats = None
-                if ctx.calibration is not None:
-                    stats = ctx.calibration.cross(layer.name, solved) if solved else (ctx.calibration.gram(layer.name),) * 2
-                plans[layer.name] = plan = self._fit(w, opts, stats, fitted=ctx.calibration is not None)
-                solved[layer.name] = layer.from_matrix(plan.dense.astype(np.float32))
+        matrices = {layer.name: (opts, w) for layer, opts, w in todo}
+
+        def fit(layer: Layer, data: LayerData | None) -> Plan:
+            opts, w = matrices[layer.name]
+            return self._fit(w, opts, (data.gcc, data.goc) if data is not None else None, fitted=data is not None)
+
+        passes = options.passes if ctx.calibration is not None else 1
+        plans.update(solve_in_order(self.name, [t[0] for t in todo], fit, ctx, sequential=True, passes=passes))
         return [plans[layer.name] for layer in layers]
 
     def _refuse(self, layer: Layer, options: AntManOptions, opts: AntManOptions) -> Skip | None:
