@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--min-rounds", type=int, default=20)
     args = ap.parse_args()
 
-    from optc.bench import BURST, OtherLoad, artifact_worker, time_interleaved
+    from optc.bench import artifact_worker, time_workers
     from optc.driver import log
     from optc.targets.cpu import CpuOptions
 
@@ -47,12 +47,12 @@ def main() -> None:
             o = r["target"]["options"]
             opts = CpuOptions(**{**o, "flags": tuple(o["flags"])})
             runners[a.name] = stack.enter_context(artifact_worker("cpu", opts, a.read_bytes(), inputs, args.threads))
-        with OtherLoad([w.pid for w in runners.values()]) as other:
-            t = time_interleaved(runners, min_rounds=args.min_rounds, min_seconds=args.min_seconds, progress=log)
+        measured = time_workers(runners, min_rounds=args.min_rounds, min_seconds=args.min_seconds, progress=log)
+    t = measured.timings
     base = t[args.artifacts[0].name].as_dict()["median"]
-    print(f"\n{args.threads} threads, {len(t[args.artifacts[0].name].samples) // (BURST - 1)} interleaved rounds")
-    if other.share is not None:
-        print(f"other processes used {100 * other.share:.0f}% of the CPUs while timing")
+    print(f"\n{args.threads} threads, {measured.rounds} interleaved rounds")
+    if measured.load_line():
+        print(measured.load_line())
     print()
     print("| artifact | MACs | median ms | p10–p90 ms | baseline ÷ this |")
     print("|---|---|---|---|---|")

@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--sets", default="", help="comma-separated names of FLAG_SETS to run (default all)")
     args = ap.parse_args()
 
-    from optc.bench import BURST, OtherLoad, artifact_worker, eager_worker, time_interleaved
+    from optc.bench import artifact_worker, eager_worker, time_workers
     from optc.driver import load_and_lower, log
     from optc.errors import CompileError
     from optc.targets.cpu import CpuTarget, winograd_convs
@@ -126,13 +126,13 @@ def main() -> None:
             err = compare(runners[name].outputs(), reference).max_rel
             log(f"  {art.compile_seconds:.0f} s compile, max rel err {err:.1e}")
         how = {name: r.description for name, r in runners.items()}
-        with OtherLoad([r.pid for r in runners.values()]) as other:
-            t = time_interleaved(runners, min_rounds=args.min_rounds, min_seconds=args.min_seconds, progress=log)
+        measured = time_workers(runners, min_rounds=args.min_rounds, min_seconds=args.min_seconds, progress=log)
+    t = measured.timings
     eager = t["eager"].as_dict()["median"]
-    print(f"\n{args.model}, batch {args.batch}, {args.threads} threads, {len(t['eager'].samples) // (BURST - 1)} interleaved rounds")
+    print(f"\n{args.model}, batch {args.batch}, {args.threads} threads, {measured.rounds} interleaved rounds")
     print(f"eager: {how['eager']}; each flag set: {how[chosen[0]] if len(how) > 1 else '-'}")
-    if other.share is not None:
-        print(f"other processes used {100 * other.share:.0f}% of the CPUs while timing")
+    if measured.load_line():
+        print(measured.load_line())
     print()
     print("| flags | median ms | p10–p90 ms | eager ÷ this |")
     print("|---|---|---|---|")

@@ -141,6 +141,37 @@ class OtherLoad:
             self.share = min(max((busy - ours) / total, 0.0), 1.0)
 
 
+@dataclass
+class Measured:
+    """What one interleaved timing of several runners gave."""
+
+    timings: dict[str, Timing]
+    other_cpu_share: float | None  # OtherLoad.share while timing
+
+    @property
+    def rounds(self) -> int:
+        return len(next(iter(self.timings.values())).samples) // (BURST - 1)
+
+    def load_line(self) -> str | None:
+        """One line on how busy the rest of the machine was, or None where unknown."""
+        return load_line(self.other_cpu_share)
+
+
+def load_line(share: float | None) -> str | None:
+    if share is None:
+        return None
+    busy = "; timings are noisy, eager's spin-waiting OpenMP threads most" if share > 0.1 else ""
+    return f"other processes used {100 * share:.0f}% of the CPUs while timing{busy}"
+
+
+def time_workers(runners: Mapping[str, Worker], min_rounds: int, min_seconds: float,
+                 progress: Callable[[str], None] = lambda s: None) -> Measured:
+    """``time_interleaved`` over worker processes, watching the rest of the machine's load."""
+    with OtherLoad([r.pid for r in runners.values()]) as other:
+        timings = time_interleaved(dict(runners), min_rounds=min_rounds, min_seconds=min_seconds, burst=BURST, progress=progress)
+    return Measured(timings, other.share)
+
+
 # ---------------------------------------------------------------- workers
 
 
@@ -417,10 +448,9 @@ def format_table(bench: dict[str, Any]) -> str:
     lines.append("")
     for name, how in bench["timing"].items():
         lines.append(f"{LABELS[name] + ':':13}{how}")
-    share = bench.get("other_cpu_share")
-    if share is not None:
-        busy = "; timings are noisy, eager's spin-waiting OpenMP threads most" if share > 0.1 else ""
-        lines.append(f"{'machine:':13}other processes used {100 * share:.0f}% of the CPUs while timing{busy}")
+    load = load_line(bench.get("other_cpu_share"))
+    if load is not None:
+        lines.append(f"{'machine:':13}{load}")
     sp = bench["speedup"]
     lines.append("")
     lines.append(f"dense IREE vs eager       {sp['dense_vs_eager']:.2f}x")

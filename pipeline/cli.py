@@ -209,7 +209,7 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
 
     from optc.api import parse_assignments
     from optc.bench import (
-        BURST, OtherLoad, artifact_worker, eager_mismatch, eager_worker, eval_calls, format_table, simulated_comparison, speedups, time_interleaved,
+        artifact_worker, eager_mismatch, eager_worker, eval_calls, format_table, simulated_comparison, speedups, time_workers,
     )
     from optc.calibration import load_samples
     from optc.lower import input_index_ranges
@@ -251,10 +251,8 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
             timing["eager"] += f"; {mismatch}"
             log(f"warning: the eager worker's {mismatch}")
         log(f"timing {', '.join(runners)} interleaved")
-        with OtherLoad([r.pid for r in runners.values()]) as other:
-            timings = time_interleaved(runners, min_rounds=min_rounds, min_seconds=min_seconds, burst=BURST, progress=log)
-    latency = {k: t.as_dict() for k, t in timings.items()}
-    rounds = len(timings["eager"].samples) // (BURST - 1)
+        measured = time_workers(runners, min_rounds=min_rounds, min_seconds=min_seconds, progress=log)
+    latency = {k: t.as_dict() for k, t in measured.timings.items()}
     final = compressed or dense
     report = compile_report(final, None)
     report["kind"] = "bench"
@@ -264,8 +262,8 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
         "batch": int(inputs[0].shape[0]) if inputs and inputs[0].ndim else None,
         "threads": threads,
         "timing": timing,
-        "other_cpu_share": other.share,
-        "rounds": rounds,
+        "other_cpu_share": measured.other_cpu_share,
+        "rounds": measured.rounds,
         "latency_ms": latency,
         "speedup": sp,
         "flop_reduction": flop_reduction,

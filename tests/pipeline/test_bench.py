@@ -12,7 +12,7 @@ import torch
 
 from optc.bench import (
     BURST, OtherLoad, Timing, artifact_worker, eager_mismatch, eager_worker, eval_calls, format_table, rebatch, simulated_comparison, speedups,
-    time_interleaved,
+    load_line, time_interleaved, time_workers,
 )
 from optc.calibration import Samples
 from optc.errors import InputError, LoadError
@@ -73,6 +73,28 @@ def test_other_load_is_the_machines_busy_time_not_ours(tmp_path):
     with OtherLoad([worker], proc=tmp_path / "missing") as load:
         pass
     assert load.share is None
+
+
+class _Sleeper:
+    pid = os.getpid()  # OtherLoad counts the runner's CPU time as the bench's own
+
+    def __init__(self, seconds: float):
+        self.seconds, self.calls = seconds, 0
+
+    def burst(self, n: int) -> list[float]:
+        self.calls += n
+        return [self.seconds] * n
+
+
+def test_time_workers_counts_rounds_and_says_how_busy_the_machine_was():
+    runners = {"a": _Sleeper(0.001), "b": _Sleeper(0.002)}
+    measured = time_workers(runners, min_rounds=4, min_seconds=0)
+    assert measured.rounds == 4
+    assert [t.as_dict()["median"] for t in measured.timings.values()] == [1.0, 2.0]
+    assert runners["a"].calls == 3 + 4 * 3  # warm-up, then 4 rounds of a burst each
+    if measured.other_cpu_share is not None:
+        assert f"other processes used {100 * measured.other_cpu_share:.0f}% of the CPUs" in measured.load_line()
+    assert load_line(None) is None and "noisy" in load_line(0.5) and "noisy" not in load_line(0.05)
 
 
 def test_speedups_are_ratios_of_medians():
