@@ -60,6 +60,14 @@ FAST_FLAGS = (
 # tagged, so other models compile as before.
 HOIST_WINOGRAD_FILTERS = "--iree-opt-const-expr-max-size-increase-threshold=1000000000000"
 WINOGRAD_MIN_OUTPUT = 28
+# Winograd saves multiplications in its IC x OC product per tile point, while
+# its input and output transforms cost the same whatever IC and OC are: with
+# few channels the transforms are the whole cost. penni's basis conv (1 input
+# channel, nb filters) on Winograd spent 27% of ResNet-18 penni's time in
+# transforms (benchmarks/profile_dispatches.py --plugins penni --opt
+# penni.bases=3); kept on im2col it ran 1.06x (1 thread) / 1.09x (2 threads)
+# faster overall (benchmarks/compare_artifacts.py, contended).
+WINOGRAD_MIN_CHANNELS = 2  # penni's basis conv has one input channel; the digits CNN's stem (3) stays on Winograd
 WINOGRAD_TAG = "__winograd_conv"
 
 _CPU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -115,7 +123,8 @@ class CpuTarget(Target):
 
 def winograd_convs(program: Program, min_output: int) -> list[Any]:
     """The 3x3 stride-1 dilation-1 NCHW convs (in any function of the module)
-    whose output is at least ``min_output`` on each side."""
+    whose output is at least ``min_output`` on each side and that have at least
+    WINOGRAD_MIN_CHANNELS input and output channels."""
     from torch_mlir import ir
 
     found: list[Any] = []
@@ -129,8 +138,9 @@ def winograd_convs(program: Program, min_output: int) -> list[Any]:
             return
         strides = list(ir.DenseIntElementsAttr(op.attributes["strides"]))
         dilations = list(ir.DenseIntElementsAttr(op.attributes["dilations"]))
-        kernel_hw, out_hw = op.operands[1].type.shape[2:], op.results[0].type.shape[2:]
-        if kernel_hw == [3, 3] and strides == [1, 1] and dilations == [1, 1] and min(out_hw) >= min_output:
+        (out_ch, in_ch, *kernel_hw), out_hw = op.operands[1].type.shape, op.results[0].type.shape[2:]
+        wide = min(out_ch, in_ch) >= WINOGRAD_MIN_CHANNELS
+        if kernel_hw == [3, 3] and strides == [1, 1] and dilations == [1, 1] and min(out_hw) >= min_output and wide:
             found.append(op)
 
     if min_output > 0:

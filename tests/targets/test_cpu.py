@@ -1,6 +1,7 @@
 """cpu target: dense compiles of the example models reproduce PyTorch eager."""
 
 import pytest
+import torch
 
 from optc.errors import CompileError
 from optc.targets.cpu import FAST_FLAGS, CpuOptions, CpuTarget
@@ -151,6 +152,26 @@ def test_winograd_tags_only_large_3x3_stride_1_convs_and_iree_rewrites_those(tmp
     assert p.to_text() == before and WINOGRAD_TAG not in before  # the program itself is left as it was
     assert prepare_winograd(p, 15)[1] == 2
     assert prepare_winograd(p, 0) == (p, 0)
+
+
+def test_winograd_leaves_convs_with_few_channels_on_im2col():
+    # penni's basis conv: each input channel as a one-channel image, nb bases as filters
+    from optc.load import Model
+    from optc.lower import lower
+    from optc.targets.cpu import WINOGRAD_MIN_OUTPUT, winograd_convs
+
+    class Basis(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.narrow = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.wide = torch.nn.Conv2d(4, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.wide(self.narrow(x))
+
+    p = lower(Model(Basis().eval(), (torch.randn(2, 1, 32, 32),), "basis"))
+    (tagged,) = winograd_convs(p, WINOGRAD_MIN_OUTPUT)
+    assert tagged.operands[1].type.shape == [8, 4, 3, 3]
 
 
 def test_winograd_flags_hoist_filters_only_when_a_conv_is_tagged():
