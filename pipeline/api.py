@@ -86,6 +86,12 @@ class LayerChange:
     status: Status = Status.CHANGED
     reason: SkipReason | None = None
 
+    def __post_init__(self) -> None:
+        # the report counts by status, not by the words of the action
+        if self.status == Status.CHANGED and self.action.lstrip().lower().startswith("skipped"):
+            raise ValueError(f"LayerChange({self.layer!r}, {self.action!r}) says skipped but its status is CHANGED: "
+                             "build it with LayerChange.skipped(layer, Skip(reason, detail))")
+
     @classmethod
     def skipped(cls, layer: str, skip: Skip) -> "LayerChange":
         return cls(layer, f"skipped: {skip}", dict(skip.details), Status.SKIPPED, skip.reason)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from optc.api import (
-    LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, Status, build_options, describe_options, option, parse_assignments,
+    LayerChange, LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, Status, build_options, describe_options, option, parse_assignments,
 )
 from optc.errors import OptionError, UnknownNameError
 from tests.conftest import lowered
@@ -181,3 +181,13 @@ def test_activation_scores_follow_the_score_option_and_need_calibration():
     assert activation_scores("bcr", "auto", with_calib) is True
     assert activation_scores("bcr", "activation", with_calib) is True
     assert activation_scores("bcr", "magnitude", with_calib) is False
+
+
+def test_a_change_that_says_skipped_must_carry_the_skipped_status():
+    # the report counts layers by status; a plugin writing "skipped: …" as a
+    # plain LayerChange would be counted as changed
+    with pytest.raises(ValueError, match="says skipped but its status is CHANGED.*LayerChange.skipped"):
+        LayerChange("fc.weight", "skipped: too small")
+    skipped = LayerChange.skipped("fc.weight", Skip(SkipReason.NOT_PROFITABLE, "too small"))
+    assert not skipped.changed and skipped.as_dict()["status"] == "skipped"
+    assert LayerChange("fc.weight", "factorized rank 4").changed
