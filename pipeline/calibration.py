@@ -200,67 +200,103 @@ class _Probe:
 
 
 @dataclass
+class _CompiledProbe:
+    run: Callable[..., list[np.ndarray]]  # (model inputs…, weights…) -> (model outputs…, layer inputs…)
+    probes: list[_Probe]
+    weights: list[str]  # the layers whose weights are arguments, in argument order
+
+
+@dataclass
 class Calibration:
-    """Per-layer input statistics of ``program`` on ``samples`` (measured on first use)."""
+    """Per-layer input statistics of ``program`` on ``samples``.
+
+    One probe program is compiled (on first use) that returns every dense
+    layer's input and takes every layer's weights as arguments, so statistics
+    under changed weights (``cross``, ``moments``) run the same compiled module
+    again instead of compiling a new one per solved layer."""
 
     samples: Samples
     program: Program
     compile: Callable[[Program], Callable[..., list[np.ndarray]]]  # program -> runnable
     _grams: dict[str, np.ndarray] | None = field(default=None, repr=False)
-    _original: tuple[Callable[..., list[np.ndarray]], list[_Probe]] | None = field(default=None, repr=False)
+    _probe: _CompiledProbe | None = field(default=None, repr=False)
 
     def measures(self, layer: str) -> bool:
         """Whether ``layer``'s inputs are measured (dense layers; not grouped convolutions)."""
-        self._measure()
-        return layer in self._grams
+        return layer in _probed_layers(self.program)
 
     def gram(self, layer: str) -> np.ndarray:
-        """E[x·xᵀ] over the input rows x of ``layer`` (in×in, float64)."""
-        self._measure()
-        if layer not in self._grams:
+        """E[x·xᵀ] over the input rows x of ``layer`` (in×in, float64); every
+        layer's is measured in one pass on first use and kept."""
+        if not self.measures(layer):
             raise KeyError(f"no calibration statistics for layer {layer!r}")
-        return self._grams[layer]
-
-    def _measure(self) -> None:
         if self._grams is None:
-            run, probes = self._original_probe()
+            probe = self._compiled()
             sums: dict[str, np.ndarray] = {}
-            for outs, real in self._run(run):
-                for p, x in zip(probes, outs):
-                    rows = _rows(x[:real], p)
-                    sums[p.layer] = sums.get(p.layer, 0) + rows.T @ rows
-            self._grams = {layer: total / self._count(probes, layer) for layer, total in sums.items()}
+            for outs, real in self._run(probe, {}):
+                for p, x in zip(probe.probes, outs):
+                    # every layer's sum in float32 (half the memory of all the in×in
+                    # matrices); each batch's product is formed in float64 and rounded once
+                    _add_moment(sums, p.layer, _rows(x[:real], p), dtype=np.float32)
+            for name, total in sums.items():
+                total /= self._count(probe.probes, name)
+            self._grams = sums
+        return self._grams[layer].astype(np.float64)
 
     def cross(self, layer: str, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(E[x̃·x̃ᵀ], E[x·x̃ᵀ]) for ``layer``, where x̃ is its input when the layers
         in ``weights`` (original layer -> array in the parameter's layout) compute
         with those weights and x its original input, row for row. Solving a layer
         against x̃ corrects the error that already-compressed layers feed it."""
-        run, probes = self._original_probe()
-        changed_run, _ = self._probe(weights)
-        cc, oc = 0, 0
-        for (outs, real), (changed, _) in zip(self._run(run), self._run(changed_run)):
-            for p, x, xc in zip(probes, outs, changed):
-                if p.layer == layer:
-                    ro, rc = _rows(x[:real], p), _rows(xc[:real], p)
-                    cc, oc = cc + rc.T @ rc, oc + ro.T @ rc
-        n = self._count(probes, layer)
-        return cc / n, oc / n
+        d = self.moments(layer, weights)
+        return d.gcc, d.goc
 
-    def _original_probe(self) -> tuple[Callable[..., list[np.ndarray]], list[_Probe]]:
-        if self._original is None:
-            self._original = self._probe({})
-        return self._original
+    def moments(self, layer: str, weights: dict[str, np.ndarray]) -> "LayerData":
+        """``layer``'s input moments with the layers in ``weights`` changed (see
+        ``cross``), measured for this layer alone: a sequential solver holds one
+        layer's matrices at a time, not every layer's Gram."""
+        if not self.measures(layer):
+            raise KeyError(f"no calibration statistics for layer {layer!r}")
+        probe = self._compiled()
+        at = [i for i, p in enumerate(probe.probes) if p.layer == layer]
+        sums: dict[str, np.ndarray] = {}
+        changed_runs = self._run(probe, weights) if weights else None
+        for outs, real in self._run(probe, {}):
+            changed = next(changed_runs)[0] if changed_runs else outs
+            for i in at:
+                ro = _rows(outs[i][:real], probe.probes[i])
+                rc = _rows(changed[i][:real], probe.probes[i]) if weights else ro
+                _add_moment(sums, "oo", ro)
+                if weights:
+                    _add_moment(sums, "cc", rc)
+                    _add_moment(sums, "oc", ro, rc)
+        n = self._count(probe.probes, layer)
+        for m in sums.values():
+            m /= n
+        return LayerData(sums["oo"], sums["cc"], sums["oc"]) if weights else LayerData.same(sums["oo"])
 
-    def _probe(self, weights: dict[str, np.ndarray]) -> tuple[Callable[..., list[np.ndarray]], list[_Probe]]:
-        probe, probes = _probe_program(self.program, weights)
-        return self.compile(probe), probes
+    def release(self) -> None:
+        """Drop the kept Gram matrices (measured again on next use): a sequential
+        solver measures each layer itself and needs the memory for its own."""
+        self._grams = None
 
-    def _run(self, run: Callable[..., list[np.ndarray]]) -> Iterator[tuple[list[np.ndarray], int]]:
-        """The probe's extra results (layer inputs) per calibration batch."""
+    def _compiled(self) -> _CompiledProbe:
+        if self._probe is None:
+            program, probes, weights = _probe_program(self.program)
+            self._probe = _CompiledProbe(self.compile(program), probes, weights)
+        return self._probe
+
+    def _run(self, probe: _CompiledProbe, weights: dict[str, np.ndarray]) -> Iterator[tuple[list[np.ndarray], int]]:
+        """The probe's extra results (layer inputs) per calibration batch, with
+        the layers in ``weights`` computing with those arrays."""
+        unknown = set(weights) - set(probe.weights)
+        if unknown:
+            raise KeyError(f"layer(s) {', '.join(sorted(unknown))} have no weights the calibration probe can change")
+        params = self.program.params
+        args = [np.ascontiguousarray(weights[name], dtype=params[name].dtype) if name in weights else params[name] for name in probe.weights]
         n_out = len(_return_op(self.program).operands)
         for chunk, real in self.samples.batches(self.program.example_inputs[0].shape[0]):
-            yield run(*chunk)[n_out:], real
+            yield probe.run(*chunk, *args)[n_out:], real
 
     def _count(self, probes: list[_Probe], layer: str) -> int:
         """Rows per layer: samples × rows per sample × uses of the layer."""
@@ -289,10 +325,22 @@ class LayerData:
 
 def objective(w: np.ndarray, z: np.ndarray, d: LayerData) -> float:
     """‖W·X − Z·X̃‖² relative to ‖W·X‖²: the output error of weights Z fed x̃."""
-    w, z = w.astype(np.float64), z.astype(np.float64)
-    base = float(np.einsum("ik,kl,il->", w, d.goo, w))
-    err = base - 2 * float(np.einsum("ik,kl,il->", w, d.goc, z)) + float(np.einsum("ik,kl,il->", z, d.gcc, z))
-    return max(err, 0.0) / base if base > 0 else 0.0
+    return reconstruction_error(w, d)(z)
+
+
+def reconstruction_error(w: np.ndarray, d: LayerData) -> Callable[[np.ndarray], float]:
+    """``objective(w, ·, d)`` with the terms that depend only on W computed once
+    (an iterative solver evaluates it every step), each term one matrix product."""
+    w = w.astype(np.float64)
+    base = float(np.sum((w @ d.goo) * w))
+    target = w @ d.goc
+
+    def error(z: np.ndarray) -> float:
+        z = z.astype(np.float64)
+        err = base - 2 * float(np.sum(target * z)) + float(np.sum((z @ d.gcc) * z))
+        return max(err, 0.0) / base if base > 0 else 0.0
+
+    return error
 
 
 def solve_in_order(
@@ -308,17 +356,27 @@ def solve_in_order(
     cal = ctx.calibration
     plans: dict[str, Plan | Skip] = {}
     solved: dict[str, np.ndarray] = {}  # layer -> its solved weights, parameter layout
+    if cal is not None and sequential:
+        cal.release()
     for step in range(passes):
         for i, layer in enumerate(layers):
             ctx.progress(f"{method}: pass {step + 1}/{passes}, layer {i + 1}/{len(layers)} {layer.name}")
             data = None
             if cal is not None and cal.measures(layer.name):
-                gram = cal.gram(layer.name)
-                data = LayerData(gram, *cal.cross(layer.name, solved)) if sequential and solved else LayerData.same(gram)
+                data = cal.moments(layer.name, solved) if sequential else LayerData.same(cal.gram(layer.name))
             plans[layer.name] = plan = solve(layer, data)
             if isinstance(plan, Plan):
                 solved[layer.name] = layer.from_matrix(np.asarray(plan.dense, dtype=np.float32))
     return plans
+
+
+def _add_moment(sums: dict[str, np.ndarray], key: str, a: np.ndarray, b: np.ndarray | None = None, dtype: Any = np.float64) -> None:
+    """sums[key] += aᵀ·b (b = a), in place: one in×in temporary, not two."""
+    product = a.T @ (a if b is None else b)
+    if key in sums:
+        sums[key] += product
+    else:
+        sums[key] = product.astype(dtype, copy=False)
 
 
 def _rows(x: np.ndarray, p: _Probe) -> np.ndarray:
@@ -337,31 +395,42 @@ def _return_op(program: Program) -> ir.Operation:
     return list(program.ops())[-1]
 
 
-def _probe_program(program: Program, weights: dict[str, np.ndarray]) -> tuple[Program, list[_Probe]]:
-    """A copy of ``program`` with ``weights`` swapped in that also returns the
-    input of every matrix-form layer op."""
+def _probed_layers(program: Program) -> set[str]:
+    return {w.layer for w in program.weighted_ops() if _probed(w)}
+
+
+def _probed(w: WeightedOp) -> bool:
+    return w.matrix_form() is None and w.groups == 1  # statistics are per dense layer
+
+
+def _probe_program(program: Program) -> tuple[Program, list[_Probe], list[str]]:
+    """A copy of ``program`` that takes every layer's weights as arguments after
+    the model's inputs and also returns the input of every dense layer op."""
     probe = program.clone()
-    for layer, array in weights.items():
-        old = probe.constant_op(layer)
-        probe.replace(old, probe.constant(f"{layer}.calibrated", array.astype(probe.params[layer].dtype), origin=layer))
     probes, extra = [], []
     batch = program.example_inputs[0].shape[0]
     for w in probe.weighted_ops():
-        if w.matrix_form() is not None or w.groups != 1:  # statistics are per dense layer
-            continue
-        conv = _conv_geometry(w) if w.kind == "conv2d" else None
-        per_sample = (np.prod(w.output_shape[2:]) if conv else np.prod(w.input_shape[:-1])) // batch
-        probes.append(_Probe(w.layer, conv, int(per_sample)))
-        extra.append(w.op.operands[0])
-    ret = _return_op(probe)
-    values = list(ret.operands) + extra
-    with probe.context, ret.location:
+        if _probed(w):
+            conv = _conv_geometry(w) if w.kind == "conv2d" else None
+            per_sample = (np.prod(w.output_shape[2:]) if conv else np.prod(w.input_shape[:-1])) // batch
+            probes.append(_Probe(w.layer, conv, int(per_sample)))
+            extra.append(w.op.operands[0])
+    weights = list(dict.fromkeys(w.param for w in probe.weighted_ops() if w.param == w.layer))
+    fn = probe.func
+    with probe.context, ir.Location.unknown():
+        for name in weights:
+            const = probe.constant_op(name)
+            arg = probe.body.add_argument(const.results[0].type, ir.Location.unknown())
+            const.results[0].replace_all_uses_with(arg)
+            const.erase()
+        ret = _return_op(probe)
+        values = list(ret.operands) + extra
         func.ReturnOp(values, ip=ir.InsertionPoint(ret))
         ret.erase()
-        fn = probe.func
-        inputs = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value).inputs
+        inputs = [a.type for a in probe.body.arguments]
         fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, [v.type for v in values]))
-    return probe, probes
+    probe.erase_dead()
+    return probe, probes, weights
 
 
 def _conv_geometry(w: WeightedOp) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:

@@ -29,7 +29,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, option
-from optc.calibration import LayerData, objective, solve_in_order
+from optc.calibration import LayerData, objective, reconstruction_error, solve_in_order
 from optc.errors import OptionError
 from optc.hookspecs import hookimpl
 from optc.program import Layer, LayerRewriter, Program
@@ -90,14 +90,15 @@ def admm(
     target = w @ d.goc  # the Ŵ-step solves Ŵ·(G̃ + ρI) = W·E[x·x̃ᵀ] + ρ(Z − U)
     z = project(w)
     u = np.zeros_like(w)
-    history = [objective(w, z, d)]
+    error = reconstruction_error(w, d)
+    history = [error(z)]
     best, best_obj = z, history[0]
     r = rho * (float(np.mean(np.diag(d.gcc))) or 1.0)
     for _ in range(iterations):
         w_hat = (((target + r * (z - u)) @ q) / (evals + r)) @ q.T
         z = project(w_hat + u)
         u += w_hat - z
-        history.append(objective(w, z, d))
+        history.append(error(z))
         if history[-1] < best_obj:
             best, best_obj = z, history[-1]
         u /= 1.2  # scaled dual: U = Λ/ρ, and ρ grows by 1.2

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from optc.calibration import Calibration, Samples, load_samples, top1
+from optc.calibration import Calibration, LayerData, Samples, load_samples, objective, top1
 from optc.driver import _host_runner
 from optc.errors import InputError
 from tests.conftest import lowered
@@ -89,6 +89,41 @@ def test_cross_statistics_see_the_changed_weights():
     h = np.maximum(p.params["0.bias"], 0).astype(np.float64)
     assert np.allclose(gcc, np.outer(h, h), atol=1e-5)
     assert not np.allclose(goc, cal.gram("2.weight"))
+
+
+def test_statistics_under_changed_weights_reuse_one_compiled_probe():
+    """A sequential solver asks for every layer's moments under the weights solved
+    so far: the probe takes weights as arguments, so it is compiled once."""
+    _, p = lowered("mlp")
+    x = np.random.default_rng(2).normal(size=(6, 256)).astype(np.float32)
+    compiled = []
+
+    def counting(program):
+        compiled.append(program)
+        return _host_runner(program)
+
+    cal = Calibration(Samples(Path("x"), [x], None), p, counting)
+    half = {"0.weight": p.params["0.weight"] * 0.5}
+    d2 = cal.moments("2.weight", half)
+    d4 = cal.moments("4.weight", {**half, "2.weight": p.params["2.weight"] * 0.5})
+    assert len(compiled) == 1
+    # layer 2 reads relu(0.5·W0·x + b0): its changed input, measured on the host
+    w0, b0 = p.params["0.weight"].astype(np.float64), p.params["0.bias"].astype(np.float64)
+    h, hc = np.maximum(x @ w0.T + b0, 0), np.maximum(x @ (0.5 * w0).T + b0, 0)
+    assert np.allclose(d2.gcc, hc.T @ hc / len(x), rtol=1e-4, atol=1e-5)
+    assert np.allclose(d2.goc, h.T @ hc / len(x), rtol=1e-4, atol=1e-5)
+    assert np.allclose(d2.goo, cal.gram("2.weight"), rtol=1e-6, atol=1e-8)
+    assert not np.allclose(d4.gcc, d4.goo)
+    assert len(compiled) == 1
+
+
+def test_objective_is_the_relative_output_error():
+    rng = np.random.default_rng(3)
+    x, xc = rng.normal(size=(50, 7)), rng.normal(size=(50, 7))
+    w, z = rng.normal(size=(4, 7)), rng.normal(size=(4, 7))
+    d = LayerData(x.T @ x, xc.T @ xc, x.T @ xc)
+    expected = np.sum((x @ w.T - xc @ z.T) ** 2) / np.sum((x @ w.T) ** 2)
+    assert objective(w, z, d) == pytest.approx(expected, rel=1e-9)
 
 
 # --------------------------------------------------------------------------- damaged and hostile sample files
