@@ -312,8 +312,16 @@ class LayerMethod(Method):
                 continue
             from optc.program import LayerRewriter
 
+            planned_on = primary.structures.get(layer.name)  # shared by the variants; a rewrite may update it
+
+            def fresh_structure() -> None:
+                if planned_on is not None:
+                    primary.structures[layer.name] = dataclasses.replace(planned_on)
+
             for view, copy in [(v[layer.name].program, v[layer.name]) for v in copies if layer.name in v]:
+                fresh_structure()
                 self.rewrite(copy, plan, LayerRewriter(view, copy, self.name))
+            fresh_structure()
             rewriter = LayerRewriter(primary, layer, self.name)
             result.reference_weights[layer.name] = self.rewrite(layer, plan, rewriter)
             rewriter.publish_structure()  # after every copy: they see the structure the plan was made on

@@ -110,9 +110,10 @@ def _split_plugins(value: str) -> list[str]:
 @calib_option
 @click.option("--eval", "eval_data", type=click.Path(dir_okay=False, path_type=Path), metavar="DATA.npz", help="labelled samples (x, y): report top-1 of the original model, the compressed reference and the artifact")
 @click.option("--batch", type=int, default=None, help="compile for this batch size: replaces the first dimension of every input [default: the example inputs']")
+@click.option("--dynamic-batch", is_flag=True, help="one artifact that takes any batch size: the model at batch 1, 2, 4, … 32 (shared weights) and a main that runs a batch in chunks of those; --batch sets the batch it is verified at")
 @click.option("--labels", default="", metavar="A,B,…", help="class names of the output, in order: written into the artifact's metadata for apps")
 @model_options
-def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_ir, calib, eval_data, batch, labels, trust, input_shapes):
+def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_ir, calib, eval_data, batch, dynamic_batch, labels, trust, input_shapes):
     """Compress MODEL with --plugins, compile it for --target, verify it, and write
     the artifact (.vmfb) and its report (.json).
 
@@ -122,7 +123,7 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
       optc compile --plugins bcr,admm --calib calib.npz --eval test.npz model.pt2 -o model.vmfb
     """
     from optc.api import parse_assignments
-    from optc.driver import compile_model, load_and_lower, require_calibration, select
+    from optc.driver import compile_model, load_and_lower, refuse_dynamic_batch_with, require_calibration, select
     from optc.load import parse_input_shape
     from optc.metadata import check_labels
     from optc.report import compile_report, write_artifact_pair
@@ -143,12 +144,14 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
         refuse_overwriting_input(written, "-o", sources)
         check_writable(written, "-o")
     require_calibration([m for m, _ in sel.methods], calib is not None)  # before any heavy work
+    if dynamic_batch:
+        refuse_dynamic_batch_with([m for m, _ in sel.methods])
     lowered = load_and_lower(model, trust, input_shapes, batch)
     if class_labels:
         check_labels(lowered[1], class_labels)  # before the methods' work
     compiled = compile_model(
         model, sel, trust=trust, input_shapes=input_shapes, tolerance=tolerance, dump_dir=dump_ir, calib=calib, eval_data=eval_data,
-        loaded_and_lowered=lowered, labels=class_labels,
+        loaded_and_lowered=lowered, labels=class_labels, dynamic_batch=dynamic_batch,
     )  # fmt: skip
     report = compile_report(compiled, str(out))
     write_artifact_pair(out, compiled.artifact.vmfb, out.with_suffix(".json"), report)

@@ -11,8 +11,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from optc.api import Artifact, Method, MethodContext, MethodResult, Target, build_options
-from optc.errors import CompileError, InputError, LoadError, MethodError, OptcError, TargetUnavailableError, UnknownNameError
+from optc.api import Artifact, LayerMethod, Method, MethodContext, MethodResult, Target, build_options
+from optc.errors import CompileError, InputError, LoadError, MethodError, OptcError, OptionError, TargetUnavailableError, UnknownNameError
 from optc.registry import load_registry
 
 
@@ -178,6 +178,7 @@ def compile_model(
     eval_data: Path | None = None,
     labels: Sequence[str] = (),
     time_batching: bool = True,
+    dynamic_batch: bool = False,
 ) -> Compiled:
     """load -> lower -> methods -> compile -> run -> verify (-> evaluate on
     ``eval_data``). Raises VerifyError when the artifact does not reproduce the
@@ -190,16 +191,30 @@ def compile_model(
     from optc.verify import DEFAULT_TOLERANCE, verify
 
     require_calibration([m for m, _ in sel.methods], calib is not None)  # before any heavy work
+    if dynamic_batch:
+        refuse_dynamic_batch_with([m for m, _ in sel.methods])
     loaded, original = loaded_and_lowered or load_and_lower(model_spec, trust, input_shapes)
     examples = original.example_inputs
     ranges = input_index_ranges(original)  # integer inputs that index tables: checked before every run
     check_index_ranges(examples, ranges, "the example inputs")
     samples = load_samples(calib, examples, "--calib", index_ranges=ranges) if calib is not None else None
     evaluation = load_samples(eval_data, examples, "--eval", need_labels=True, index_ranges=ranges) if eval_data is not None else None
-    program = original.clone()
+    if dynamic_batch:
+        from optc.dynamic_batch import BATCH_SIZES, lower_dynamic_batch
+
+        log(f"lowering at batch sizes {', '.join(map(str, BATCH_SIZES))} for --dynamic-batch")
+        program = lower_dynamic_batch(loaded, original)
+    else:
+        program = original.clone()
     ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir, progress=progress, model=loaded)
     results = apply_methods(program, sel.methods, ctx, progress=log)
-    passes = [time_batch(program)] if time_batching else []  # after the methods: see optc.time_batching
+    if time_batching:  # after the methods: see optc.time_batching; every variant, the described one reported
+        from optc.report import rows_variant
+
+        batched = {v.func_name: time_batch(v) for v in program.variants()}
+        passes = [batched[rows_variant(original, program).func_name]]
+    else:
+        passes = []
     annotate(program, describe(model_spec, loaded, original, program, sel, labels, ranges))  # the artifact describes itself
     runnable, why = sel.target.runs_here(sel.target_options)
     for options in [sel.target_options] + ([] if runnable else [sel.target.portable_options(sel.target_options)]):
@@ -234,6 +249,15 @@ def compile_model(
             accuracy[r.method] = r.evaluate(evaluation)
     calibration = {"path": str(calib), "samples": len(samples)} if samples is not None else None
     return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with, calibration, accuracy, passes, ranges)
+
+
+def refuse_dynamic_batch_with(methods: Sequence[Method]) -> None:
+    """--dynamic-batch compiles per-layer methods into every batch variant; a
+    whole-program method (drnet) builds a module of its own."""
+    whole = [m.name for m in methods if not isinstance(m, LayerMethod)]
+    if whole:
+        raise OptionError(f"--dynamic-batch cannot be combined with {', '.join(whole)}: it rewrites the whole program "
+                          "(only per-layer methods are applied to every batch variant)")
 
 
 def _host_runner(program: Any) -> Callable[..., list[np.ndarray]]:

@@ -461,18 +461,20 @@ class Program:
         return value
 
     def _blob_elsewhere(self, name: str, array: np.ndarray) -> ir.Attribute | None:
-        """The blob of parameter ``name`` when another function of the module holds it
-        with the same array: a method rewriting each variant of a multi-variant module
-        (drnet) makes the same constants in each, and they share one copy."""
-        held = self.params.get(name)
-        if held is None or held.dtype != array.dtype or held.shape != array.shape or not np.array_equal(held, array):
-            return None
+        """The blob of parameter ``name`` (or of MLIR's renamed ``name_N``) when another
+        function of the module holds it with the same array: a method rewriting each
+        variant of a multi-variant module (drnet, --dynamic-batch) makes the same
+        constants in each, and they share one copy."""
         mine = set(self.func_params())
-        if name in mine:
-            return None  # a second constant of one function keeps its own name, as before
-        for op in _walk(self.module.operation):
-            if op.name == "arith.constant" and resource_name(op.attributes["value"]) == name:
-                return op.attributes["value"]
+        renamed = re.compile(re.escape(name) + r"(_\d+)?")
+        for held_name, held in self.params.items():
+            if held_name in mine or not renamed.fullmatch(held_name):
+                continue  # a second constant of one function keeps its own name, as before
+            if held.dtype != array.dtype or held.shape != array.shape or not np.array_equal(held, array):
+                continue
+            for op in _walk(self.module.operation):
+                if op.name == "arith.constant" and resource_name(op.attributes["value"]) == held_name:
+                    return op.attributes["value"]
         return None
 
     def func_params(self) -> list[str]:

@@ -77,6 +77,7 @@ def layer_rows(before: dict[str, LayerStats], after: dict[str, LayerStats], resu
 
 
 def totals(before: Program, after: Program) -> dict[str, Any]:
+    after = described_variant(before, after)
     wb = sum(s.macs for s in before.layer_stats().values())
     wa = sum(s.macs for s in after.layer_stats().values())
     mb, ma = before.contraction_macs(), after.contraction_macs()
@@ -105,6 +106,25 @@ def totals(before: Program, after: Program) -> dict[str, Any]:
     }
 
 
+def described_variant(before: Program, after: Program) -> Program:
+    """The function of ``after`` that totals compare with ``before``: a
+    ``--dynamic-batch`` module's variant at ``before``'s input shapes; else ``after``."""
+    from optc.dynamic_batch import is_batch_dispatch, variant_at
+
+    if is_batch_dispatch(after):
+        same = variant_at(after, [x.shape for x in before.example_inputs])
+        if same is not None:
+            return same
+    return after
+
+
+def rows_variant(before: Program, after: Program) -> Program:
+    """What the per-layer rows describe: the variant totals describe, or for a module
+    that picks a callee per input (drnet), its most expensive callee."""
+    described = described_variant(before, after)
+    return described if described is not after else _largest_callee(after)
+
+
 def _largest_callee(program: Program) -> Program:
     """What the per-layer rows describe: the program itself, or for one that picks a
     callee per input at run time, its most expensive callee."""
@@ -115,8 +135,11 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
     """The report of one compile (also the base of a bench report)."""
     from optc.driver import options_dict
 
+    from optc.dynamic_batch import BATCH_SIZES, is_batch_dispatch
+
     verification = c.verification.as_dict()
     verification["verified_with"] = c.verified_with
+    dynamic = is_batch_dispatch(c.program)
     return {
         "schema": SCHEMA,
         "kind": "compile",
@@ -131,22 +154,24 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
             for (m, o), r in zip(c.selection.methods, c.results)
         ],
         "passes": [{"name": r.method, "changes": [ch.as_dict() for ch in r.changes]} for r in c.passes],
-        "layers": layer_rows(c.original.layer_stats(), _largest_callee(c.program).layer_stats(), c.results),
+        "layers": layer_rows(c.original.layer_stats(), rows_variant(c.original, c.program).layer_stats(), c.results),
         "totals": totals(c.original, c.program),
         "verification": verification,
         "artifact": {"path": artifact_path, "bytes": len(c.artifact.vmfb), "compile_seconds": c.artifact.compile_seconds},
-        "inputs": input_signature(c.program.example_inputs, c.index_ranges),
+        "inputs": input_signature(c.program.example_inputs, c.index_ranges, dynamic_batch=dynamic),
+        **({"dynamic_batch": {"batch_sizes": list(BATCH_SIZES), "verified_at_batch": int(c.program.example_inputs[0].shape[0])}} if dynamic else {}),
         **({"calibration": c.calibration} if c.calibration else {}),
         **({"accuracy": c.accuracy} if c.accuracy else {}),
         **c.artifact.extra_report,
     }
 
 
-def input_signature(inputs: Sequence[Any], index_ranges: dict[int, tuple[int, int]]) -> list[dict[str, Any]]:
-    """The report's ``inputs``: shape and dtype of each, and the valid
-    ``index_range`` [low, high) of integer inputs that index a table."""
+def input_signature(inputs: Sequence[Any], index_ranges: dict[int, tuple[int, int]], dynamic_batch: bool = False) -> list[dict[str, Any]]:
+    """The report's ``inputs``: shape (batch None when any batch runs) and dtype
+    of each, and the valid ``index_range`` [low, high) of integer inputs that index a table."""
     return [
-        {"shape": list(x.shape), "dtype": str(x.dtype), **({"index_range": list(index_ranges[i])} if i in index_ranges else {})}
+        {"shape": [None] * dynamic_batch + list(x.shape[dynamic_batch:]), "dtype": str(x.dtype),
+         **({"index_range": list(index_ranges[i])} if i in index_ranges else {})}
         for i, x in enumerate(inputs)
     ]
 

@@ -120,3 +120,56 @@ def test_run_samples_that_do_not_fit_a_batch_artifact(mlp_b3, tmp_path):
     out = tmp_path / "out"
     proc = run_optc("run", mlp_b3, "--input", tmp_path / "bad.npz", "--output", out / "y.npy")
     assert_clean_failure(proc, "4x128:float32", f"{BATCH}x256:float32", out_dir=out)
+
+
+# --------------------------------------------------------------------------- --dynamic-batch
+
+
+@pytest.fixture(scope="module")
+def mlp_dynamic(tmp_path_factory, samples) -> Path:
+    """mlp with --dynamic-batch and a method that leaves a structure for the next
+    (bcr, then admm re-solving inside it): every batch variant compressed alike."""
+    out = tmp_path_factory.mktemp("dyn") / "mlp.vmfb"
+    proc = run_optc("compile", "--dynamic-batch", "--plugins", "bcr,admm", "--opt", "bcr.block=0", "--opt", "bcr.col_keep=0.5",
+                    "--calib", samples, "--eval", samples, "examples.models:mlp", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_dynamic_batch_artifact_runs_any_batch(mlp_dynamic, samples, tmp_path):
+    report = json.loads(mlp_dynamic.with_suffix(".json").read_text())
+    assert report["inputs"] == [{"shape": [None, 256], "dtype": "float32"}]
+    assert report["dynamic_batch"]["batch_sizes"] == [1, 2, 4, 8, 16, 32]
+    assert report["verification"]["passed"]
+    info = optc_info(read(mlp_dynamic))
+    assert info["inputs"][0]["shape"] == [None, 256] and info["outputs"][0]["shape"] == [None, 10]
+    # the variants share one copy of each weight: the same weight bytes as a fixed-batch compile
+    fixed = tmp_path / "fixed.vmfb"
+    proc = run_optc("compile", "--plugins", "bcr,admm", "--opt", "bcr.block=0", "--opt", "bcr.col_keep=0.5",
+                    "--calib", samples, "examples.models:mlp", "-o", fixed)
+    assert proc.returncode == 0, proc.stderr
+    fixed_report = json.loads(fixed.with_suffix(".json").read_text())
+    assert report["totals"]["param_bytes_after"] == fixed_report["totals"]["param_bytes_after"]
+    assert report["totals"]["macs_after"] == fixed_report["totals"]["macs_after"]
+    with np.load(samples) as data:
+        x = data["x"]
+    for n in (1, 3, SAMPLES):  # one variant; 2 + 1; 8 + 2
+        np.save(tmp_path / "x.npy", x[:n])
+        proc = run_optc("run", mlp_dynamic, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+        assert proc.returncode == 0, proc.stderr
+        np.save(tmp_path / "x.npy", x[:n])
+        proc = run_optc("run", fixed, "--input", tmp_path / "x.npy", "--output", tmp_path / "want.npy")
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.load(tmp_path / "want.npy"), rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_batch_of_a_model_that_fixes_it(tmp_path):
+    out = tmp_path / "out"
+    proc = run_optc("compile", "--dynamic-batch", "tests.e2e.test_batch:fixed_batch", "-o", out / "m.vmfb")
+    assert_clean_failure(proc, "--dynamic-batch", "fix its batch size", out_dir=out)
+
+
+def test_dynamic_batch_refuses_a_whole_program_method(tmp_path):
+    out = tmp_path / "out"
+    proc = run_optc("compile", "--dynamic-batch", "--plugins", "drnet", "--opt", "drnet.resolutions=32,24,16", "--calib", tmp_path / "none.npz", "examples.models:cnn", "-o", out / "m.vmfb")
+    assert_clean_failure(proc, "--dynamic-batch", "drnet", out_dir=out)
