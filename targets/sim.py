@@ -448,10 +448,15 @@ class SimTarget(Target):
         return cpu.supports(program, cpu_options)
 
     def compile(self, program: Program, options: SimOptions) -> Artifact:
+        from optc.dynamic_batch import is_batch_dispatch, variant_at
+
         cpu, cpu_options = self._cpu()
         built = cpu.compile(program, cpu_options)
+        simulated = program
+        if is_batch_dispatch(program):  # --dynamic-batch: the variant at the example inputs' batch
+            simulated = variant_at(program, [x.shape for x in program.example_inputs]) or program
         return Artifact(target=self.name, vmfb=built.vmfb, options=options, compile_seconds=built.compile_seconds,
-                        flags_used=built.flags_used, extra_report={"simulation": simulate(program, options)})
+                        flags_used=built.flags_used, extra_report={"simulation": simulate(simulated, options)})
 
     def open(self, artifact_vmfb: bytes, options: Any) -> Session:
         cpu, cpu_options = self._cpu()

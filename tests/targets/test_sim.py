@@ -141,6 +141,18 @@ def test_compile_for_sim_reports_the_simulation(tmp_path):
     assert f"simulated  {sim['totals']['cycles']:,} cycles" in proc.stdout
 
 
+def test_a_dynamic_batch_artifact_is_simulated_at_its_example_batch(tmp_path):
+    # its main only dispatches; the contractions live in the batch variants it calls
+    reports = []
+    for extra in ([], ["--dynamic-batch"]):
+        out = tmp_path / f"mlp{len(extra)}.vmfb"
+        optc_cli("compile", "--target", "sim", *extra, "examples.models:mlp", "-o", str(out), check=True)
+        reports.append(json.loads(out.with_suffix(".json").read_text())["simulation"])
+    fixed, dynamic = reports
+    assert dynamic["totals"]["cycles"] == fixed["totals"]["cycles"] > 0
+    assert len(dynamic["layers"]) == len(fixed["layers"]) == 3
+
+
 def test_bad_sim_option_on_the_cli_is_one_line_and_no_file(tmp_path):
     out = tmp_path / "mlp.vmfb"
     proc = optc_cli("compile", "--target", "sim", "--target-opt", "sim.cols=0", "examples.models:mlp", "-o", str(out))
