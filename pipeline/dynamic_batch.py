@@ -5,10 +5,11 @@ IREE then tiles and vectorizes for an unknown size: 2.0× slower at batch 1,
 1.17× at 8, 1.09× at 32 than fixed-batch artifacts of the digits CNN. So the
 model is lowered at the fixed batch sizes ``BATCH_SIZES`` instead, with one
 shared copy of the weights (:mod:`optc.variants`), and a public ``main`` with
-a dynamic batch dimension runs the batch in chunks: as many chunks of 32 as
-fit, then at most one each of 16, 8, 4, 2 and 1, each sliced out of the
-inputs and inserted into the outputs. Every batch size runs exactly (no
-padding); a batch of 1, 2, 4, 8, 16 or 32 is one call of the variant compiled
+a dynamic batch dimension calls the variant of the batch's size on the inputs
+as they are, or runs any other batch in chunks: as many chunks of 32 as fit,
+then at most one each of 16, 8, 4, 2 and 1, each sliced out of the inputs and
+inserted into the outputs. Every batch size runs exactly (no padding); a batch
+of 1, 2, 4, 8, 16 or 32 is one call of the variant compiled
 for it. Methods see the variants like drnet's (``Program.variants``): each
 layer is planned once and every variant's copy rewritten the same way.
 """
@@ -86,10 +87,12 @@ def _tensor(shape: Sequence[int | None], elem: str) -> str:
 def dispatcher(name: str, variants: list[tuple[int, str]], inputs: list[ir.RankedTensorType], outputs: list[ir.RankedTensorType]) -> str:
     """MLIR text of ``name``: batch-dynamic inputs run through ``variants``
     ((batch size, function), any order) whose inputs/outputs are ``inputs``/
-    ``outputs`` but for the batch (first) dimension: chunks, largest first, each
-    sliced out of the inputs and its outputs inserted. (Calling the variant of an
-    exact size on ``tensor.cast`` inputs in an ``scf.if`` first measured slower:
-    digits CNN batch 1, 1.63× a fixed-batch artifact against 1.21× for the loops.)"""
+    ``outputs`` but for the batch (first) dimension. A ``cf.switch`` on the batch
+    size jumps to a block that calls that size's variant and returns; other sizes
+    run in chunks, largest first, each sliced out of the inputs and its outputs
+    inserted (IREE copies the loop-carried outputs per chunk: 1.21–1.54× a
+    fixed-batch artifact at batch 1 without the switch; nested ``scf.if``s
+    instead of the switch measured 1.63×)."""
     ins = [(list(t.shape[1:]), str(t.element_type)) for t in inputs]
     outs = [(list(t.shape[1:]), str(t.element_type)) for t in outputs]
     dyn_in = [_tensor([None] + s, e) for s, e in ins]
@@ -136,6 +139,24 @@ def dispatcher(name: str, variants: list[tuple[int, str]], inputs: list[ir.Ranke
             accs, begin = [f"%r{k}#{j}" for j in range(m)], f"%end{k}"
         return accs
 
+    # a batch of a variant's size calls it on the inputs as they are (tensor.cast: no
+    # copy) and returns at once; any other size goes on to the chunk loops
+    lines.append("%n32 = arith.index_cast %n : index to i32")
+    cases = ", ".join(f"{size}: ^exact{k}" for k, (size, _) in enumerate(variants))
+    lines.append(f"cf.switch %n32 : i32, [default: ^chunks, {cases}]")
+    for k, (size, fn) in enumerate(variants):
+        lines.append(f"^exact{k}:")
+        args = []
+        for i in range(len(ins)):
+            lines.append(f"%cx{k}_{i} = tensor.cast %a{i} : {dyn_in[i]} to {static(size, ins)[i]}")
+            args.append(f"%cx{k}_{i}")
+        y = call(100 + k, args, size, fn, "")
+        casts = []
+        for j in range(m):
+            lines.append(f"%cy{k}_{j} = tensor.cast {y}#{j} : {static(size, outs)[j]} to {dyn_out[j]}")
+            casts.append(f"%cy{k}_{j}")
+        lines.append(f"return {', '.join(casts)} : {out_sig}")
+    lines.append("^chunks:")
     results = chunks("")
     decls = [f"func.func private @{fn}({', '.join(static(size, ins))}) -> ({', '.join(static(size, outs))})" for size, fn in variants]
     args = ", ".join(f"%a{i}: {t}" for i, t in enumerate(dyn_in))

@@ -50,6 +50,9 @@ def test_dispatcher_slices_each_input_and_output(cnn_dynamic):
         outs = [ir.RankedTensorType.get([2, 4], f32), ir.RankedTensorType.get([2], f32)]
     text = dispatcher("main", [(1, "v1"), (2, "v2")], ins, outs)
     assert "func.func @main(%a0: tensor<?x3xf32>, %a1: tensor<?x5xi64>) -> (tensor<?x4xf32>, tensor<?xf32>)" in text
-    assert text.count("func.call @v2(") == 1 and text.count("func.call @v1(") == 1
+    # each variant is called from its exact-size block (inputs cast, not copied) and from its chunk loop
+    assert "cf.switch %n32 : i32, [default: ^chunks, 2: ^exact0, 1: ^exact1]" in text
+    assert "%cx0_1 = tensor.cast %a1 : tensor<?x5xi64> to tensor<2x5xi64>" in text
+    assert text.count("func.call @v2(") == 2 and text.count("func.call @v1(") == 2
     assert "tensor.extract_slice %a1[%i0, 0] [2, 5] [1, 1] : tensor<?x5xi64> to tensor<2x5xi64>" in text
     assert "tensor.insert_slice %y1#1 into %acc1_1[%i1] [1] [1] : tensor<1xf32> into tensor<?xf32>" in text
