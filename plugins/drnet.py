@@ -403,32 +403,20 @@ def _append_dispatcher(merged: Program, name: str, shape: tuple[int, ...], resol
            f"  linalg.yield %m : i64\n}} -> {_t((), 'i64')}")
     choice = g(f"tensor.extract {mx}[] : {_t((), 'i64')}")
 
-    def branch(i: int) -> str:
-        """The value(s) of choosing resolution ``i`` or any later one (nested scf.if)."""
+    # a cf.switch to one block per resolution that resizes, calls its variant and
+    # returns: nested scf.ifs would copy the result out of every level they pass
+    choice32 = g(f"arith.trunci {choice} : i64 to i32")
+    cases = ", ".join(f"{i}: ^res{i}" for i in range(k - 1))
+    g.raw(f"cf.switch {choice32} : i32, [default: ^res{k - 1}, {cases}]")
+    for i in range(k):
+        g.raw(f"^res{i}:")
         xr, rshape = g.resize("%x", shape, resolutions[i])
         call = g(f"func.call @{variants[i]}({xr}) : ({_t(rshape)}) -> ({result_sig})")
-        return call
-
-    def chain(i: int) -> str:
-        if i == k - 1:
-            return branch(i)
-        ci = g(f"arith.constant {i} : i64")
-        cond = g(f"arith.cmpi eq, {choice}, {ci} : i64")
-        res = g(f"scf.if {cond} -> ({result_sig}) {{")
         if len(results) > 1:
-            g.lines[-1] = g.lines[-1].replace(f"{res} =", f"{res}:{len(results)} =")
-        here = branch(i)
-        g.raw(f"scf.yield {_yield(here, len(results))} : {result_sig}")
-        g.raw("} else {")
-        rest = chain(i + 1)
-        g.raw(f"scf.yield {_yield(rest, len(results))} : {result_sig}")
-        g.raw("}")
-        return res
-
-    out = chain(0)
+            g.lines[-1] = g.lines[-1].replace(f"{call} =", f"{call}:{len(results)} =")
+        g.raw(f"return {_yield(call, len(results))} : {result_sig}")
     decls = "\n".join(f"func.func private @{v}({_t(shape[:-2] + (r, r))}) -> ({result_sig})" for v, r in zip(variants, resolutions))
-    text = (f"{decls}\nfunc.func @{name}(%x: {_t(shape)}) -> ({result_sig}) {{\n" + "\n".join(g.lines)
-            + f"\nreturn {_yield(out, len(results))} : {result_sig}\n}}")
+    text = f"{decls}\nfunc.func @{name}(%x: {_t(shape)}) -> ({result_sig}) {{\n" + "\n".join(g.lines) + "\n}"
     parsed = ir.Module.parse(text, context=merged.context)
     func = next(op.operation for op in parsed.body.operations if ir.StringAttr(op.attributes["sym_name"]).value == name)
     merged.module.body.append(func)

@@ -159,15 +159,20 @@ CHECKS = """
 // CHECK-LABEL: func.func @main(%{{.*}}: tensor<2x16x16xf32>) -> tensor<2x3xf32>
 // CHECK: linalg.matmul
 // CHECK: %[[IDX:.*]] = tensor.extract %{{.*}}[] : tensor<i64>
-// CHECK: arith.cmpi eq, %[[IDX]]
-// CHECK: scf.if %{{.*}} -> (tensor<2x3xf32>)
+// CHECK: %[[I32:.*]] = arith.trunci %[[IDX]] : i64 to i32
+// CHECK: cf.switch %[[I32]] : i32, [
+// CHECK-NEXT: default: ^[[FULL:bb[0-9]+]],
+// CHECK-NEXT: 0: ^[[LOW:bb[0-9]+]],
+// CHECK-NEXT: 1: ^[[MID:bb[0-9]+]]
+// CHECK: ^[[LOW]]:
 // CHECK: call @main_2x8x8(%{{.*}}) : (tensor<2x8x8xf32>)
-// CHECK: } else {
-// CHECK: arith.cmpi eq, %[[IDX]]
-// CHECK: scf.if %{{.*}} -> (tensor<2x3xf32>)
+// CHECK-NEXT: return
+// CHECK: ^[[MID]]:
 // CHECK: call @main_2x12x12(%{{.*}}) : (tensor<2x12x12xf32>)
-// CHECK: } else {
+// CHECK-NEXT: return
+// CHECK: ^[[FULL]]:
 // CHECK: call @main_2x16x16(%{{.*}}) : (tensor<2x16x16xf32>)
+// CHECK-NEXT: return
 """
 
 
