@@ -22,7 +22,7 @@ images asks for (the variants are compiled at the model's batch size).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -89,20 +89,34 @@ def resize_macs(shape: Sequence[int], size: int) -> int:
 class Predictor:
     """The trained MLP: (N, F) features -> (N, K) scores over resolutions (ascending)."""
 
-    w1: np.ndarray  # (F, hidden)
+    w1: np.ndarray  # (F, hidden): F = the features of the image resized to size²
     b1: np.ndarray
     w2: np.ndarray  # (hidden, K)
     b2: np.ndarray
+    _folded: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # image shape, size -> on_image
 
-    def macs(self) -> int:
-        return self.w1.size + self.w2.size
+    def on_image(self, image: Sequence[int], size: int) -> np.ndarray:
+        """``w1`` with the resize to size² folded in: (…·H·W) × hidden for an image
+        of shape ``image`` (…, H, W), so the module runs one matmul on the flattened
+        image instead of the two resize contractions first (fewer dispatches)."""
+        key = (tuple(image), size)
+        if key not in self._folded:
+            *pre, h, w = image
+            rh, rw = resize_matrix(h, size).astype(np.float64), resize_matrix(w, size).astype(np.float64)
+            w1 = self.w1.astype(np.float64).reshape(int(np.prod(pre)), size, size, -1)
+            self._folded[key] = np.einsum("ih,jw,pijk->phwk", rh, rw, w1).reshape(-1, w1.shape[-1]).astype(np.float32)
+        return self._folded[key]
+
+    def macs(self, image: Sequence[int], size: int) -> int:
+        """MACs per image, as the module runs it."""
+        return self.on_image(image, size).size + self.w2.size
 
     def choose(self, x: Any, size: int) -> Any:
         """Torch (N, …, H, W) -> the batch's resolution index (the largest any image asks for)."""
         import torch
 
-        f = resize(x, size).reshape(x.shape[0], -1)
-        h = torch.relu(f @ torch.from_numpy(self.w1) + torch.from_numpy(self.b1))
+        f = x.reshape(x.shape[0], -1)
+        h = torch.relu(f @ torch.from_numpy(self.on_image(x.shape[1:], size)) + torch.from_numpy(self.b1))
         scores = h @ torch.from_numpy(self.w2) + torch.from_numpy(self.b2)
         return int(scores.argmax(dim=1).max())
 
@@ -214,7 +228,7 @@ class Drnet(Method):
 
         names = build_module(program, programs, resolutions, predictor, options.predictor_size)
 
-        predictor_macs = resize_macs(shape, options.predictor_size) + predictor.macs()
+        predictor_macs = predictor.macs(shape[1:], options.predictor_size)
         per_res = {r: macs[i] + resize_macs(shape, r) for i, r in enumerate(resolutions)}
         calib_choice = np.array([predictor.choose(x[i:i + 1], options.predictor_size) for i in range(len(x))])
         details = {
@@ -382,11 +396,10 @@ def _append_dispatcher(merged: Program, name: str, shape: tuple[int, ...], resol
     result_sig = ", ".join(results)
     n = shape[0]
     g = _Text()
-    xp, pshape = g.resize("%x", shape, predictor_size)
-    flat = int(np.prod(pshape[1:]))
-    groups = "[[0], [" + ", ".join(str(i) for i in range(1, len(pshape))) + "]]"
-    f = g(f"tensor.collapse_shape {xp} {groups} : {_t(pshape)} into {_t((n, flat))}")
-    hdn = g.dense_layer(f, n, predictor.w1, predictor.b1, relu=True)
+    flat = int(np.prod(shape[1:]))
+    groups = "[[0], [" + ", ".join(str(i) for i in range(1, len(shape))) + "]]"
+    f = g(f"tensor.collapse_shape %x {groups} : {_t(shape)} into {_t((n, flat))}")
+    hdn = g.dense_layer(f, n, predictor.on_image(shape[1:], predictor_size), predictor.b1, relu=True)
     scores = g.dense_layer(hdn, n, predictor.w2, predictor.b2, relu=False)
     k = len(resolutions)
     best0 = g.filled((n,), "0xFF800000")  # -inf: the first maximum wins, as numpy/torch argmax
