@@ -143,14 +143,13 @@ def _load_export_archive(path: Path, names: list[str], trust: bool, input_shapes
         ep = torch.export.load(str(path))
     except Exception as e:
         raise LoadError(f"{path} is a corrupt or truncated torch.export archive: {first_line(e)}") from None
-    if input_shapes:
-        inputs = make_inputs(input_shapes)
-    else:
-        args = (ep.example_inputs or ((), {}))[0]
-        inputs = tuple(args)
-        if not inputs:
-            raise LoadError(f"{path} carries no example inputs; pass --input-shape (e.g. 1x3x32x32)")
-    return Model(module=_unguarded_module(ep), example_inputs=inputs, source=str(path), exported=ep)
+    archived = tuple((ep.example_inputs or ((), {}))[0])
+    inputs = make_inputs(input_shapes) if input_shapes else archived
+    if not inputs:
+        raise LoadError(f"{path} carries no example inputs; pass --input-shape (e.g. 1x3x32x32)")
+    same = len(inputs) == len(archived) and all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(inputs, archived))
+    # at other shapes the export is redone from the graph (one that fixes its shapes fails there, in one line)
+    return Model(module=_unguarded_module(ep), example_inputs=inputs, source=str(path), exported=ep if same else None)
 
 
 def _unguarded_module(ep: Any) -> "torch.nn.Module":

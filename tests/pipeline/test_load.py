@@ -86,6 +86,10 @@ def test_archive_input_shapes_override_its_inputs(archive):
     path, _ = archive
     m = load_model(str(path), input_shapes=["5x4"])
     assert [tuple(t.shape) for t in m.example_inputs] == [(5, 4)]
+    # lowered at the new shape, not the archive's: its export is redone
+    assert m.exported is None
+    assert [tuple(a.shape) for a in m.export().example_inputs[0]] == [(5, 4)]
+    assert load_model(str(path), input_shapes=["2x4"]).exported is not None  # the archive's own shape
 
 
 def _rewrite(src: Path, dst: Path, edit) -> None:
