@@ -163,6 +163,7 @@ class Compiled:
     accuracy: dict[str, Any] | None = None  # top-1 on --eval: original, compressed reference, artifact
     passes: list[MethodResult] = dataclasses.field(default_factory=list)  # built-in passes after the methods
     index_ranges: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)  # input -> [low, high) of an index input
+    chunks_max_rel: float | None = None  # --dynamic-batch: the chunk path against the exact-size path
 
 
 def compile_model(
@@ -243,12 +244,20 @@ def compile_model(
             f"the artifact differs from the compressed reference: max relative error "
             f"{check.compile_error.max_rel:.3g} > tolerance {check.tolerance:g} (raise it with --tolerance)"
         )
+    chunks_max_rel = None
+    if dynamic_batch:
+        from optc.dynamic_batch import check_chunks
+
+        chunks_max_rel = check_chunks(session, program.example_inputs)
+        if not chunks_max_rel <= check.tolerance:
+            raise VerifyError(f"--dynamic-batch: a batch run in chunks differs from its samples run alone: max relative error "
+                              f"{chunks_max_rel:.3g} > tolerance {check.tolerance:g}")
     accuracy = _accuracy(loaded.module, reference, session, evaluation, len(examples[0]), reference_module) if evaluation is not None else None
     for r in results:
         if accuracy is not None and r.evaluate is not None:
             accuracy[r.method] = r.evaluate(evaluation)
     calibration = {"path": str(calib), "samples": len(samples)} if samples is not None else None
-    return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with, calibration, accuracy, passes, ranges)
+    return Compiled(model_spec, loaded, original, program, sel, results, artifact, check, verified_with, calibration, accuracy, passes, ranges, chunks_max_rel)
 
 
 def refuse_dynamic_batch_with(methods: Sequence[Method]) -> None:

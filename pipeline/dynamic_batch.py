@@ -17,8 +17,9 @@ layer is planned once and every variant's copy rewritten the same way.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 from torch_mlir import ir
 
 from optc.errors import InputError, LoadError, LowerError
@@ -58,6 +59,19 @@ def lower_dynamic_batch(model: Model, program: Program, sizes: Sequence[int] = B
     func = next(op.operation for op in parsed.body.operations if ir.StringAttr(op.attributes["sym_name"]).value == program.func_name)
     merged.module.body.append(func)
     return dataclasses.replace(merged, func_name=program.func_name, example_inputs=program.example_inputs)
+
+
+def check_chunks(run: Callable[..., list[np.ndarray]], inputs: Sequence[np.ndarray]) -> float:
+    """Max relative difference between the chunk path and the exact-size path of a
+    dispatcher: ``inputs`` (batch B) three times over, float copies scaled by 1, −0.5
+    and 2 so a misplaced chunk shows, run as one batch of 3·B (never a variant's
+    size: it runs in chunks) against each copy run alone."""
+    from optc.verify import compare
+
+    copies = [[x * np.asarray(k, x.dtype) if np.issubdtype(x.dtype, np.floating) else x for x in inputs] for k in (1.0, -0.5, 2.0)]
+    together = run(*[np.concatenate(xs) for xs in zip(*copies)])
+    alone = [run(*c) for c in copies]
+    return compare(together, [np.concatenate(parts) for parts in zip(*alone)]).max_rel
 
 
 def is_batch_dispatch(program: Program) -> bool:

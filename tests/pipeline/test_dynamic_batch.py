@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from optc.driver import _host_runner
-from optc.dynamic_batch import BATCH_SIZES, dispatcher, is_batch_dispatch, lower_dynamic_batch, variant_at
+from optc.dynamic_batch import BATCH_SIZES, check_chunks, dispatcher, is_batch_dispatch, lower_dynamic_batch, variant_at
 from tests.conftest import lowered
 
 
@@ -56,3 +56,18 @@ def test_dispatcher_slices_each_input_and_output(cnn_dynamic):
     assert text.count("func.call @v2(") == 2 and text.count("func.call @v1(") == 2
     assert "tensor.extract_slice %a1[%i0, 0] [2, 5] [1, 1] : tensor<?x5xi64> to tensor<2x5xi64>" in text
     assert "tensor.insert_slice %y1#1 into %acc1_1[%i1] [1] [1] : tensor<1xf32> into tensor<?xf32>" in text
+
+
+def test_check_chunks_sees_a_misplaced_chunk():
+    def right(x):
+        return [x * 2.0]
+
+    def misplaced(x):  # every chunk of a non-variant batch written at row 0
+        out = x * 2.0
+        if len(x) > 1:
+            out[1:] = out[0]
+        return [out]
+
+    x = np.arange(4, dtype=np.float32).reshape(1, 4) + 1
+    assert check_chunks(right, [x]) == 0.0
+    assert check_chunks(misplaced, [x]) > 0.5
