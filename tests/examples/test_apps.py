@@ -167,6 +167,27 @@ def test_c_app_repeat_reports_latency(app_c, cnn):
     assert re.search(rf"latency: 5 calls of batch {BATCH} on local-task: median [0-9.]+ ms", proc.stderr), proc.stderr
 
 
+@pytest.fixture(scope="module")
+def cnn_dynamic(digits, cnn) -> Path:
+    """The digits CNN compiled with --dynamic-batch (batch ? in its metadata)."""
+    vmfb = cnn["dir"] / "digits_cnn_dynamic.vmfb"
+    optc_cli("compile", "--dynamic-batch", "--labels", ",".join(LABELS), str(digits["cnn"]), "-o", str(vmfb), check=True)
+    return vmfb
+
+
+def test_apps_classify_with_a_dynamic_batch_artifact(app_python, app_c, cnn, cnn_dynamic):
+    """Both apps run up to 32 images per call through an artifact that takes any batch
+    (360 images: 11 calls of 32, then 8), and predict what the fixed-batch one does."""
+    py = run_python_app(app_python, cnn_dynamic, cnn["images"], cwd=cnn["dir"])
+    assert py.returncode == 0, py.stderr
+    c = run_c_app(app_c, cnn_dynamic, cnn["images"])
+    assert c.returncode == 0, c.stderr
+    fixed = run_python_app(app_python, cnn["vmfb"], cnn["images"], cwd=cnn["dir"])
+    assert py.stdout == c.stdout == fixed.stdout
+    timed = run_python_app(app_python, "--repeat", "3", cnn_dynamic, cnn["images"], cwd=cnn["dir"])
+    assert re.search(r"latency: 3 calls of batch 32 on local-task", timed.stderr), timed.stderr
+
+
 # --------------------------------------------------------------------------- bad input, both apps
 
 

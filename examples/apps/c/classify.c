@@ -67,6 +67,7 @@ static const char* status_line(iree_status_t status, char* buffer, size_t size) 
 }
 
 // "1x8x8xf32" (IREE's tool syntax, as optc writes it) -> dims; only f32 is accepted.
+// A "?" batch (optc compile --dynamic-batch: any batch size) becomes dims[0] = 0.
 static int parse_f32_type(iree_string_view_t text, shape_t* out) {
   char buffer[128];
   if (text.size == 0 || text.size >= sizeof(buffer)) return 0;
@@ -74,6 +75,10 @@ static int parse_f32_type(iree_string_view_t text, shape_t* out) {
   buffer[text.size] = '\0';
   out->rank = 0;
   char* p = buffer;
+  if (p[0] == '?' && p[1] == 'x') {
+    out->dims[out->rank++] = 0;
+    p += 2;
+  }
   while (*p >= '0' && *p <= '9') {
     if (out->rank == MAX_RANK) return 0;
     char* end = NULL;
@@ -211,7 +216,14 @@ static int compare_doubles(const void* a, const void* b) {
   return (x > y) - (x < y);
 }
 
+#define DYNAMIC_BATCH 32  // images per call for an artifact that takes any batch size
+
 static int classify(app_t* app, const npy_f32_t* images) {
+  // A dynamic-batch artifact runs up to DYNAMIC_BATCH images per call.
+  if (app->input.dims[0] == 0 && images->rank >= 1 && images->shape[0] > 0) {
+    iree_hal_dim_t n = (iree_hal_dim_t)images->shape[0];
+    app->input.dims[0] = app->output.dims[0] = n < DYNAMIC_BATCH ? n : DYNAMIC_BATCH;
+  }
   // The images must be inputs without their batch dimension.
   const iree_hal_dim_t batch = app->input.dims[0];
   int fits = images->rank == app->input.rank;

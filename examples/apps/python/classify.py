@@ -25,6 +25,8 @@ import iree.runtime as rt
 import numpy as np
 
 
+DYNAMIC_BATCH = 32  # images per call for an artifact that takes any batch size
+
 # optc's targets and the IREE device their artifacts run on.
 DEVICE_OF_TARGET = {"cpu": "local-task", "vulkan": "vulkan"}
 
@@ -76,12 +78,13 @@ class Classifier:
             ) from None
         self.staging = None
 
-    @property
-    def batch(self) -> int:
-        return self.input_shape[0]
+    def batch(self, images: int) -> int:
+        """Images per call: the artifact's batch, or for a dynamic-batch artifact
+        (``optc compile --dynamic-batch``, batch ``null`` in its metadata) up to 32."""
+        return self.input_shape[0] or min(images, DYNAMIC_BATCH)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch (exactly the artifact's input shape) and return its logits."""
+        """Run one batch (the artifact's input shape; any batch size for a dynamic one) and return its logits."""
         view = self.device.allocator.allocate_buffer_copy(
             memory_type=rt.MemoryType.DEVICE_LOCAL,
             allowed_usage=rt.BufferUsage.DEFAULT,
@@ -99,7 +102,7 @@ class Classifier:
         read it through a mapping: works on every driver, including Vulkan devices whose
         results cannot be imported as host memory (lavapipe)."""
         source = view.get_buffer()
-        if self.staging is None:
+        if self.staging is None or self.staging.byte_length() < source.byte_length():
             self.staging = self.device.allocator.allocate_buffer(
                 memory_type=int(rt.MemoryType.HOST_LOCAL) | int(rt.MemoryType.DEVICE_VISIBLE),
                 allowed_usage=int(rt.BufferUsage.TRANSFER) | int(rt.BufferUsage.MAPPING_SCOPED),
@@ -109,11 +112,11 @@ class Classifier:
         self.device.queue_copy(source, self.staging, [(self.semaphore, self.timepoint)], [(self.semaphore, self.timepoint + 1)])
         self.timepoint += 1
         self.semaphore.wait(self.timepoint)
-        return np.array(self.staging.map().asarray(list(self.output_shape), np.dtype(np.float32)))
+        return np.array(self.staging.map().asarray(list(view.shape), np.dtype(np.float32)))
 
     def classify(self, images: np.ndarray, source: str = "the images") -> list[str]:
-        """A label per image; batches of exactly ``batch`` images (the artifact's shapes
-        are static), the last one padded with copies of its final image."""
+        """A label per image, in batches of ``batch`` images; for a fixed-batch artifact
+        the last one is padded with copies of its final image."""
         want = self.input_shape[1:]
         if images.ndim != len(self.input_shape) or images.shape[1:] != want or len(images) == 0:
             raise AppError(
@@ -121,11 +124,12 @@ class Classifier:
                 f"(N x {_dims(want)} float32; is it an artifact of another model?)"
             )
         labels = []
-        for start in range(0, len(images), self.batch):
-            chunk = images[start : start + self.batch]
+        batch = self.batch(len(images))
+        for start in range(0, len(images), batch):
+            chunk = images[start : start + batch]
             real = len(chunk)
-            if real < self.batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - real, axis=0)])
+            if real < batch and self.input_shape[0]:  # a dynamic batch runs the last chunk as it is
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
             labels += [self.labels[i] for i in self.logits(chunk)[:real].argmax(axis=1)]
         return labels
 
@@ -169,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         for i, label in enumerate(app.classify(images, str(args.images))):
             print(i, label)
         if args.repeat:
-            batch = images[: app.batch]
-            batch = np.concatenate([batch, np.repeat(batch[-1:], app.batch - len(batch), axis=0)])
+            n = app.batch(len(images))
+            batch = images[:n]
+            batch = np.concatenate([batch, np.repeat(batch[-1:], n - len(batch), axis=0)])
             times = []
             for _ in range(args.repeat):
                 start = time.perf_counter()
@@ -178,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 times.append((time.perf_counter() - start) * 1e3)
             med = float(np.median(times))
             print(
-                f"latency: {args.repeat} calls of batch {app.batch} on {args.device}: median {med:.4f} ms, "
-                f"mean {np.mean(times):.4f} ms, min {min(times):.4f} ms; {med / app.batch:.4f} ms per image (median)",
+                f"latency: {args.repeat} calls of batch {n} on {args.device}: median {med:.4f} ms, "
+                f"mean {np.mean(times):.4f} ms, min {min(times):.4f} ms; {med / n:.4f} ms per image (median)",
                 file=sys.stderr,
             )
     except AppError as e:
