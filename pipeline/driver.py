@@ -203,7 +203,8 @@ def compile_model(
     if dynamic_batch:
         from optc.dynamic_batch import BATCH_SIZES, lower_dynamic_batch
 
-        log(f"lowering at batch sizes {', '.join(map(str, BATCH_SIZES))} for --dynamic-batch")
+        sizes = sorted(set(BATCH_SIZES) | {int(examples[0].shape[0])})
+        log(f"lowering at batch sizes {', '.join(map(str, sizes))} for --dynamic-batch")
         program = lower_dynamic_batch(loaded, original)
     else:
         program = original.clone()

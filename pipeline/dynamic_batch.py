@@ -17,7 +17,7 @@ layer is planned once and every variant's copy rewritten the same way.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from torch_mlir import ir
@@ -32,13 +32,15 @@ MARK = "optc.batch_dispatch"  # on the dispatching function: its callees differ 
 
 def lower_dynamic_batch(model: Model, program: Program, sizes: Sequence[int] = BATCH_SIZES) -> Program:
     """``program`` (``model`` lowered at its example inputs) as a module whose
-    public function takes any batch: the model lowered at each of ``sizes``, the
+    public function takes any batch: the model lowered at each of ``sizes`` and at
+    the example batch (which verification and the report's totals use), the
     variants private, and a dispatcher of ``program``'s name calling them."""
     from optc.variants import lower_at_shapes, merge_variants, variant_name
 
-    shapes = [[(b,) + tuple(x.shape[1:]) for x in model.example_inputs] for b in sizes]
     if any(x.ndim == 0 for x in model.example_inputs):
         raise InputError("--dynamic-batch: the model has a scalar input; every input needs the batch as its first dimension")
+    sizes = sorted(set(sizes) | {int(program.example_inputs[0].shape[0])})
+    shapes = [[(b,) + tuple(x.shape[1:]) for x in model.example_inputs] for b in sizes]
     try:
         variants = lower_at_shapes(dataclasses.replace(model, exported=None), shapes)
     except (LoadError, LowerError) as e:
@@ -77,6 +79,11 @@ def check_chunks(run: Callable[..., list[np.ndarray]], inputs: Sequence[np.ndarr
 def is_batch_dispatch(program: Program) -> bool:
     """Whether ``program``'s function is ``--dynamic-batch``'s dispatcher."""
     return MARK in program.func.attributes
+
+
+def batch_sizes(program: Program) -> list[int]:
+    """The batch sizes a dispatcher has a variant for, ascending."""
+    return sorted(_types(program.function(name))[0][0].shape[0] for name in program.callees())
 
 
 def variant_at(program: Program, shapes: Sequence[tuple[int, ...]]) -> Program | None:

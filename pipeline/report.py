@@ -135,7 +135,7 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
     """The report of one compile (also the base of a bench report)."""
     from optc.driver import options_dict
 
-    from optc.dynamic_batch import BATCH_SIZES, is_batch_dispatch
+    from optc.dynamic_batch import batch_sizes, is_batch_dispatch
 
     verification = c.verification.as_dict()
     verification["verified_with"] = c.verified_with
@@ -159,7 +159,7 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
         "verification": verification,
         "artifact": {"path": artifact_path, "bytes": len(c.artifact.vmfb), "compile_seconds": c.artifact.compile_seconds},
         "inputs": input_signature(c.program.example_inputs, c.index_ranges, dynamic_batch=dynamic),
-        **({"dynamic_batch": {"batch_sizes": list(BATCH_SIZES), "verified_at_batch": int(c.program.example_inputs[0].shape[0]),
+        **({"dynamic_batch": {"batch_sizes": batch_sizes(c.program), "verified_at_batch": int(c.program.example_inputs[0].shape[0]),
                               "chunks_max_rel_error": c.chunks_max_rel}} if dynamic else {}),
         **({"calibration": c.calibration} if c.calibration else {}),
         **({"accuracy": c.accuracy} if c.accuracy else {}),

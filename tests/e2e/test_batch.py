@@ -164,6 +164,18 @@ def test_dynamic_batch_artifact_runs_any_batch(mlp_dynamic, samples, tmp_path):
         np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.load(tmp_path / "want.npy"), rtol=1e-5, atol=1e-6)
 
 
+def test_dynamic_batch_verified_at_a_batch_no_power_of_two(tmp_path):
+    """--batch 3 with --dynamic-batch: a variant at 3 joins 1, 2, 4, … 32, so the
+    report's totals compare like with like."""
+    out = tmp_path / "mlp.vmfb"
+    proc = run_optc("compile", "--dynamic-batch", "--batch", 3, "--plugins", "lowrank", "--opt", "lowrank.rank=16", "examples.models:mlp", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["dynamic_batch"]["batch_sizes"] == [1, 2, 3, 4, 8, 16, 32]
+    assert report["dynamic_batch"]["verified_at_batch"] == 3
+    assert report["totals"]["flop_reduction"] > 1.5
+
+
 def test_dynamic_batch_of_a_model_that_fixes_it(tmp_path):
     out = tmp_path / "out"
     proc = run_optc("compile", "--dynamic-batch", "tests.e2e.test_batch:fixed_batch", "-o", out / "m.vmfb")
