@@ -251,8 +251,9 @@ def compile_model(
 
         chunks_max_rel = check_chunks(session, program.example_inputs)
         if not chunks_max_rel <= check.tolerance:
-            raise VerifyError(f"--dynamic-batch: a batch run in chunks differs from its samples run alone: max relative error "
-                              f"{chunks_max_rel:.3g} > tolerance {check.tolerance:g}")
+            raise VerifyError(f"--dynamic-batch: a batch run in chunks differs from its samples run alone (max relative error "
+                              f"{chunks_max_rel:.3g} > tolerance {check.tolerance:g}): is the inputs' first dimension really the batch, "
+                              "with samples independent (not a sequence-first RNN's time steps)?")
     accuracy = _accuracy(loaded.module, reference, session, evaluation, len(examples[0]), reference_module) if evaluation is not None else None
     for r in results:
         if accuracy is not None and r.evaluate is not None:

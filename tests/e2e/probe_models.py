@@ -137,3 +137,18 @@ def conv_kinds() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """One conv of each kind the cpu target tells apart for Winograd."""
     torch.manual_seed(0)
     return _ConvKinds().eval(), (torch.randn(1, 4, 30, 30),)
+
+
+class _SequenceFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(4, 8)  # (time, batch, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0]
+
+
+def sequence_first() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A GRU over (time, batch, features): dimension 0 is time, not the batch."""
+    torch.manual_seed(0)
+    return _SequenceFirst().eval(), (torch.randn(5, 1, 4),)

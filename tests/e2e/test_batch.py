@@ -182,6 +182,14 @@ def test_dynamic_batch_of_a_model_that_fixes_it(tmp_path):
     assert_clean_failure(proc, "--dynamic-batch", "fix its batch size", out_dir=out)
 
 
+def test_dynamic_batch_of_a_sequence_first_rnn_fails_its_chunk_check(tmp_path):
+    """Dimension 0 of a sequence-first GRU is time: chunks of it would restart the
+    state, so the compile-time chunk check refuses the artifact instead of writing it."""
+    out = tmp_path / "out"
+    proc = run_optc("compile", "--dynamic-batch", "tests.e2e.probe_models:sequence_first", "-o", out / "m.vmfb")
+    assert_clean_failure(proc, "--dynamic-batch", "run in chunks differs", "sequence-first", out_dir=out)
+
+
 def test_dynamic_batch_refuses_a_whole_program_method(tmp_path):
     out = tmp_path / "out"
     proc = run_optc("compile", "--dynamic-batch", "--plugins", "drnet", "--opt", "drnet.resolutions=32,24,16", "--calib", tmp_path / "none.npz", "examples.models:cnn", "-o", out / "m.vmfb")
