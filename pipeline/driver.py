@@ -201,10 +201,9 @@ def compile_model(
     samples = load_samples(calib, examples, "--calib", index_ranges=ranges) if calib is not None else None
     evaluation = load_samples(eval_data, examples, "--eval", need_labels=True, index_ranges=ranges) if eval_data is not None else None
     if dynamic_batch:
-        from optc.dynamic_batch import BATCH_SIZES, lower_dynamic_batch
+        from optc.dynamic_batch import lower_dynamic_batch, variant_sizes
 
-        sizes = sorted(set(BATCH_SIZES) | {int(examples[0].shape[0])})
-        log(f"lowering at batch sizes {', '.join(map(str, sizes))} for --dynamic-batch")
+        log(f"lowering at batch sizes {', '.join(map(str, variant_sizes(original)))} for --dynamic-batch")
         program = lower_dynamic_batch(loaded, original)
     else:
         program = original.clone()
@@ -214,7 +213,7 @@ def compile_model(
         from optc.report import rows_variant
 
         batched = {v.func_name: time_batch(v) for v in program.variants()}
-        passes = [batched[rows_variant(original, program).func_name]]
+        passes = [batched[rows_variant(program).func_name]]
     else:
         passes = []
     annotate(program, describe(model_spec, loaded, original, program, sel, labels, ranges))  # the artifact describes itself

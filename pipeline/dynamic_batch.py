@@ -39,7 +39,7 @@ def lower_dynamic_batch(model: Model, program: Program, sizes: Sequence[int] = B
 
     if any(x.ndim == 0 for x in model.example_inputs):
         raise InputError("--dynamic-batch: the model has a scalar input; every input needs the batch as its first dimension")
-    sizes = sorted(set(sizes) | {int(program.example_inputs[0].shape[0])})
+    sizes = variant_sizes(program, sizes)
     shapes = [[(b,) + tuple(x.shape[1:]) for x in model.example_inputs] for b in sizes]
     try:
         variants = lower_at_shapes(dataclasses.replace(model, exported=None), shapes)
@@ -63,6 +63,12 @@ def lower_dynamic_batch(model: Model, program: Program, sizes: Sequence[int] = B
     return dataclasses.replace(merged, func_name=program.func_name, example_inputs=program.example_inputs)
 
 
+def variant_sizes(program: Program, sizes: Sequence[int] = BATCH_SIZES) -> list[int]:
+    """The batch sizes :func:`lower_dynamic_batch` builds a variant for: ``sizes`` and
+    the example batch of ``program``, ascending."""
+    return sorted(set(sizes) | {int(program.example_inputs[0].shape[0])})
+
+
 def check_chunks(run: Callable[..., list[np.ndarray]], inputs: Sequence[np.ndarray]) -> float:
     """Max relative difference between the chunk path and the exact-size path of a
     dispatcher: ``inputs`` (batch B) three times over, float copies scaled by 1, −0.5
@@ -79,6 +85,15 @@ def check_chunks(run: Callable[..., list[np.ndarray]], inputs: Sequence[np.ndarr
 def is_batch_dispatch(program: Program) -> bool:
     """Whether ``program``'s function is ``--dynamic-batch``'s dispatcher."""
     return MARK in program.func.attributes
+
+
+def example_variant(program: Program) -> Program:
+    """The function that computes ``program``'s example inputs: for a batch dispatcher,
+    its variant at their batch (what totals, per-layer rows and the simulator
+    describe); else ``program`` itself."""
+    if is_batch_dispatch(program):
+        return variant_at(program, [x.shape for x in program.example_inputs]) or program
+    return program
 
 
 def batch_sizes(program: Program) -> list[int]:

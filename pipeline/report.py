@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from optc.api import MethodResult
+from optc.dynamic_batch import example_variant
 from optc.errors import first_line
 from optc.program import LayerStats, Program
 
@@ -77,7 +78,7 @@ def layer_rows(before: dict[str, LayerStats], after: dict[str, LayerStats], resu
 
 
 def totals(before: Program, after: Program) -> dict[str, Any]:
-    after = described_variant(before, after)
+    after = example_variant(after)
     wb = sum(s.macs for s in before.layer_stats().values())
     wa = sum(s.macs for s in after.layer_stats().values())
     mb, ma = before.contraction_macs(), after.contraction_macs()
@@ -106,23 +107,11 @@ def totals(before: Program, after: Program) -> dict[str, Any]:
     }
 
 
-def described_variant(before: Program, after: Program) -> Program:
-    """The function of ``after`` that totals compare with ``before``: a
-    ``--dynamic-batch`` module's variant at ``before``'s input shapes; else ``after``."""
-    from optc.dynamic_batch import is_batch_dispatch, variant_at
-
-    if is_batch_dispatch(after):
-        same = variant_at(after, [x.shape for x in before.example_inputs])
-        if same is not None:
-            return same
-    return after
-
-
-def rows_variant(before: Program, after: Program) -> Program:
+def rows_variant(program: Program) -> Program:
     """What the per-layer rows describe: the variant totals describe, or for a module
     that picks a callee per input (drnet), its most expensive callee."""
-    described = described_variant(before, after)
-    return described if described is not after else _largest_callee(after)
+    described = example_variant(program)
+    return described if described is not program else _largest_callee(program)
 
 
 def _largest_callee(program: Program) -> Program:
@@ -154,7 +143,7 @@ def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
             for (m, o), r in zip(c.selection.methods, c.results)
         ],
         "passes": [{"name": r.method, "changes": [ch.as_dict() for ch in r.changes]} for r in c.passes],
-        "layers": layer_rows(c.original.layer_stats(), rows_variant(c.original, c.program).layer_stats(), c.results),
+        "layers": layer_rows(c.original.layer_stats(), rows_variant(c.program).layer_stats(), c.results),
         "totals": totals(c.original, c.program),
         "verification": verification,
         "artifact": {"path": artifact_path, "bytes": len(c.artifact.vmfb), "compile_seconds": c.artifact.compile_seconds},
