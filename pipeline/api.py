@@ -492,13 +492,17 @@ def build_options(owner: str, options_cls: type, assignments: dict[str, str]) ->
     return opts
 
 
+_OWNER = re.compile(r"[\w-]+")  # a method or target name
+
+
 def parse_assignments(pairs: Sequence[str], flag: str) -> dict[str, dict[str, str]]:
     """``["lowrank.rank=16", ...]`` -> ``{"lowrank": {"rank": "16"}}``."""
     out: dict[str, dict[str, str]] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         owner, dot, fname = key.partition(".")
-        if not sep or not dot or not owner or not fname:
+        # a field is a dataclass field's name: "y.rank" or "rank\n" is a typo, not an option
+        if not sep or not dot or not _OWNER.fullmatch(owner) or not fname.isidentifier():
             raise OptionError(f"{flag} {pair!r}: expected NAME.FIELD=VALUE, e.g. {flag} lowrank.rank=16")
         if fname in out.get(owner, {}):
             raise OptionError(f"{flag} {key}: given twice ({out[owner][fname]!r} and {value!r}); give it once")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -167,6 +167,8 @@ fields = st.sampled_from(["rank", "reduction", "energy", "layers", "skip", "forc
 @SETTINGS
 @given(pairs=st.lists(st.tuples(st.sampled_from(["lowrank", "", "x.y"]), fields, values,
                                 st.sampled_from(["=", ":", ""])), max_size=4))
+@example(pairs=[("lowrank", "rank", "\n", "="), ("lowrank", "rank", "\n", "=")])  # a field "rank\n" (found by a CI run)
+@example(pairs=[("lowrank", "rank", "=", ""), ("x.y", "rank", "=", "")])  # owner "x", field "y.rank"
 def test_opt_parser_gives_valid_options_or_one_line(pairs):
     raw = [f"{owner}.{field}{sep}{value}" for owner, field, sep, value in pairs]
     try:
