@@ -375,6 +375,12 @@ class Target:
         the numbers when ``runs_here(options)`` is false."""
         return options
 
+    def resolve_options(self, program: "Program", options: Any) -> Any:
+        """``options`` with any choice left to the target (an ``auto`` value) made for
+        ``program``; called before the artifact's metadata is written, so the
+        metadata and report record what was chosen."""
+        return options
+
     def compile(self, program: "Program", options: Any) -> Artifact:
         raise NotImplementedError
 

@@ -333,7 +333,11 @@ def _open_artifact(spec: dict[str, Any]) -> Opened:
     options = target.Options(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["options"].items()})
     session = target.open(Path(spec["vmfb"]).read_bytes(), options)
     invoke = getattr(session, "invoke", None) or session  # invoke: no copy back to the host
-    description = f"own process, IREE runtime ({spec['target']} target), {spec['threads']} task workers"
+    if getattr(session, "driver", None) == "local-sync":
+        runs_on = "local-sync driver: the calling thread (1 thread)"
+    else:
+        runs_on = f"{spec['threads']} task workers"
+    description = f"own process, IREE runtime ({spec['target']} target), {runs_on}"
     return list, (lambda args: invoke(*args)), (lambda args: session(*args)), description
 
 

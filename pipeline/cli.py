@@ -247,7 +247,7 @@ def bench(model, plugins, opts, target, target_opts, batch, threads, min_rounds,
     with contextlib.ExitStack() as stack:
         runners = {"eager": stack.enter_context(eager_worker(model, inputs, threads, trust=trust, input_shapes=input_shapes, calls=calls))}
         for name, c in artifacts.items():
-            runners[name] = stack.enter_context(artifact_worker(target, sel.target_options, c.artifact.vmfb, inputs, threads, calls=calls))
+            runners[name] = stack.enter_context(artifact_worker(target, c.selection.target_options, c.artifact.vmfb, inputs, threads, calls=calls))
         timing = {name: r.description for name, r in runners.items()}
         mismatch = eager_mismatch(runners["eager"], lowered[0].module, inputs)
         if mismatch:
@@ -315,7 +315,9 @@ def _print_summary(report: dict) -> None:
 
     t = report["totals"]
     v = report["verification"]
-    click.echo(f"artifact   {report['artifact']['path']} ({report['artifact']['bytes']:,} bytes, target {report['target']['name']})")
+    driver = report["target"]["options"].get("driver")
+    on = f", runtime driver {driver}" if isinstance(driver, str) else ""
+    click.echo(f"artifact   {report['artifact']['path']} ({report['artifact']['bytes']:,} bytes, target {report['target']['name']}{on})")
     if report["target"].get("flags_used", "").startswith("safe ("):
         click.echo(f"flags      {report['target']['flags_used']}")
     click.echo(f"report     {Path(report['artifact']['path']).with_suffix('.json')}")

@@ -216,6 +216,7 @@ def compile_model(
         passes = [batched[rows_variant(program).func_name]]
     else:
         passes = []
+    sel = dataclasses.replace(sel, target_options=sel.target.resolve_options(program, sel.target_options))
     annotate(program, describe(model_spec, loaded, original, program, sel, labels, ranges))  # the artifact describes itself
     runnable, why = sel.target.runs_here(sel.target_options)
     for options in [sel.target_options] + ([] if runnable else [sel.target.portable_options(sel.target_options)]):

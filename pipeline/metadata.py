@@ -125,6 +125,9 @@ def annotate(program: Any, info: dict[str, Any]) -> None:
     }
     if info.get("labels"):
         attrs[f"{KEY}.labels"] = ",".join(info["labels"])
+    driver = info["target"]["options"].get("driver")
+    if isinstance(driver, str) and driver != "auto":  # the IREE device to run it on, for apps without a JSON parser
+        attrs[f"{KEY}.device"] = driver
     with program.context:
         program.func.attributes["iree.reflection"] = ir.DictAttr.get({k: ir.StringAttr.get(v) for k, v in attrs.items()})
 

@@ -1,4 +1,5 @@
-"""``--target cpu``: IREE llvm-cpu for this host, run with the ``local-task`` driver."""
+"""``--target cpu``: IREE llvm-cpu for this host, run with the ``local-task`` driver
+(a worker pool) or, for small models, ``local-sync`` (the caller's thread)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,26 @@ WINOGRAD_MIN_OUTPUT = 28
 # transforms (benchmarks/profile_dispatches.py --plugins penni --opt
 # penni.bases=3); kept on im2col it ran 1.06x (1 thread) / 1.09x (2 threads)
 # faster overall (benchmarks/compare_artifacts.py, contended).
-WINOGRAD_MIN_CHANNELS = 2  # penni's basis conv has one input channel; the digits CNN's stem (3) stays on Winograd
+# Small channel counts lose too: examples.models:cnn (stem 3 -> 16) and the
+# multi-scale digits CNN (16 -> 32 at 32x32) ran 1.18-1.35x and 1.24-1.26x
+# slower with Winograd (iree-benchmark-module, both drivers, 2026-12-04), while
+# ResNet-18's 64-channel convs gain; 64 is the smallest width measured to gain.
+WINOGRAD_MIN_CHANNELS = 64
+
+# Driver: IREE's local-task pool hands each call to its worker threads and
+# wakes the caller when they finish, about 0.08 ms per hand-off on this 2-core
+# machine (a one-dispatch call: 0.08 ms on local-task, 0.002 ms on local-sync),
+# and a module that reads a value back mid-call (drnet's choice) pays it
+# twice. Small models run faster on local-sync, inline on the caller's thread
+# (median ms, iree-benchmark-module, local-sync / local-task 2 workers,
+# 2026-12-04): digits LSTM 0.033 / 0.129, examples.models:transformer 0.020 /
+# 0.101, digits CNN 0.189 / 0.341, multi-scale digits CNN 0.32 / 0.38 (8.4 M
+# MACs), examples.models:transformer at batch 32 0.565 / 0.481 (17.8 M),
+# digits CNN at batch 4 2.04 / 1.21 (29 M), reference LSTM 10.2 / 5.37 (109 M),
+# ResNet-18 51.0 / 31.3. The one miss of the threshold below: a 2-layer LSTM
+# (hidden 256, 50 steps; 41 M MACs) 2.22 / 2.99.
+SYNC_MAX_MACS = 16_000_000
+DRIVERS = ("auto", "local-task", "local-sync")
 WINOGRAD_TAG = "__winograd_conv"
 
 _CPU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -79,6 +99,7 @@ class CpuOptions:
     fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs); falls back to the safe set if it fails")
     winograd: int = option(WINOGRAD_MIN_OUTPUT, "with fast: Winograd F(6x6,3x3) for 3x3 stride-1 convs whose output is at least this many pixels on each side (0 = never)")
     flags: tuple[str, ...] = option((), "extra IREE compiler flags, comma-separated (for experiments; see benchmarks/cpu_flags.py)")
+    driver: str = option("auto", f"IREE runtime driver the artifact is run with: local-task (a pool of worker threads), local-sync (the calling thread), or auto: local-sync when one call of the model does under {SYNC_MAX_MACS // 1_000_000} M MACs (its largest variant), else local-task; written into the artifact's metadata")
 
     def validate(self) -> None:
         if not _CPU_NAME.match(self.cpu):
@@ -88,11 +109,13 @@ class CpuOptions:
         bad = [f for f in self.flags if not f.startswith("--")]
         if bad:
             raise ValueError(f"flags: {bad[0]!r} is not a compiler flag (flags start with --)")
+        if self.driver not in DRIVERS:
+            raise ValueError(f"driver={self.driver!r}: expected one of {', '.join(DRIVERS)}")
 
 
 class CpuTarget(Target):
     name = "cpu"
-    summary = "IREE llvm-cpu for the host CPU, runtime driver local-task"
+    summary = "IREE llvm-cpu for the host CPU, runtime driver local-task (local-sync for small models)"
     Options = CpuOptions
 
     def flags(self, options: CpuOptions, winograd: bool = False) -> list[str]:
@@ -117,8 +140,22 @@ class CpuTarget(Target):
         artifact.flags_used = "fast" if options.fast else "safe"
         return artifact
 
+    def resolve_options(self, program: Program, options: Any) -> Any:
+        """``driver=auto`` made concrete for ``program``: see SYNC_MAX_MACS."""
+        if options.driver != "auto":
+            return options
+        return replace(options, driver=auto_driver(program))
+
     def open(self, artifact_vmfb: bytes, options: Any) -> Session:
-        return IreeSession(artifact_vmfb, "local-task")
+        # an artifact compiled before the driver was recorded says "auto": the pool, as then
+        return IreeSession(artifact_vmfb, "local-task" if options.driver == "auto" else options.driver)
+
+
+def auto_driver(program: Program) -> str:
+    """local-sync when the costliest function one call may run (the program, or
+    its largest batch or resolution variant) does under SYNC_MAX_MACS, else local-task."""
+    macs = max(p.contraction_macs() for p in program.variants())
+    return "local-sync" if macs < SYNC_MAX_MACS else "local-task"
 
 
 def winograd_convs(program: Program, min_output: int) -> list[Any]:

@@ -79,6 +79,7 @@ class IreeSession(Session):
     ):
         import iree.runtime as rt
 
+        self.driver = driver
         self.config = rt.Config(driver)
         self.context = rt.SystemContext(config=self.config)
         try:

@@ -117,7 +117,21 @@ def test_python_app_top1_equals_the_report(app_python, cnn):
 def test_python_app_repeat_reports_latency(app_python, cnn):
     proc = run_python_app(app_python, "--repeat", "5", cnn["vmfb"], cnn["images"], cwd=cnn["dir"])
     assert proc.returncode == 0, proc.stderr
+    assert cnn["report"]["target"]["options"]["driver"] == "local-task"  # 7 images: 51 M MACs per call
     assert re.search(rf"latency: 5 calls of batch {BATCH} on local-task: median [0-9.]+ ms", proc.stderr), proc.stderr
+
+
+def test_python_app_runs_a_small_artifact_on_the_driver_its_metadata_names(app_python, tmp_path):
+    vmfb = tmp_path / "mlp.vmfb"
+    optc_cli("compile", "examples.models:mlp", "-o", str(vmfb), check=True)
+    assert json.loads(vmfb.with_suffix(".json").read_text())["target"]["options"]["driver"] == "local-sync"
+    images = tmp_path / "x.npy"
+    np.save(images, np.random.default_rng(0).normal(size=(6, 256)).astype(np.float32))
+    proc = run_python_app(app_python, "--repeat", "2", vmfb, images, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"latency: 2 calls of batch 4 on local-sync: median", proc.stderr), proc.stderr
+    pool = run_python_app(app_python, "--device", "local-task", vmfb, images, cwd=tmp_path)  # either CPU driver runs it
+    assert pool.returncode == 0 and pool.stdout == proc.stdout, pool.stderr
 
 
 def test_python_app_runs_a_vulkan_artifact(app_python, digits, cnn, tmp_path):
@@ -130,7 +144,9 @@ def test_python_app_runs_a_vulkan_artifact(app_python, digits, cnn, tmp_path):
     assert on_gpu.returncode == 0, on_gpu.stderr
     on_cpu = run_python_app(app_python, cnn["vmfb"], few, cwd=tmp_path)
     assert _predictions(on_gpu.stdout) == _predictions(on_cpu.stdout)
-    wrong_device = run_python_app(app_python, vmfb, few, cwd=tmp_path)
+    by_default = run_python_app(app_python, vmfb, few, cwd=tmp_path)  # the device the metadata names
+    assert by_default.returncode == 0 and by_default.stdout == on_gpu.stdout, by_default.stderr
+    wrong_device = run_python_app(app_python, "--device", "local-task", vmfb, few, cwd=tmp_path)
     _assert_one_line(wrong_device, "compiled for optc target 'vulkan'", "--device vulkan")
 
 
@@ -159,6 +175,19 @@ def test_c_app_predicts_what_the_python_app_does(app_c, app_python, cnn):
     py = run_python_app(app_python, cnn["vmfb"], cnn["images"], cwd=cnn["dir"])
     assert c.stdout == py.stdout
     assert _top1(_predictions(c.stdout), cnn["y"]) == cnn["report"]["accuracy"]["artifact"]
+
+
+def test_c_app_runs_a_small_artifact_on_the_driver_its_metadata_names(app_c, tmp_path):
+    vmfb = tmp_path / "mlp.vmfb"
+    optc_cli("compile", "examples.models:mlp", "-o", str(vmfb), check=True)  # 0.53 M MACs: cpu.driver=auto picks local-sync
+    images = tmp_path / "x.npy"
+    np.save(images, np.random.default_rng(0).normal(size=(6, 256)).astype(np.float32))
+    proc = run_c_app(app_c, "--repeat", "2", vmfb, images)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"latency: 2 calls of batch 4 on local-sync: median", proc.stderr), proc.stderr
+    pool = run_c_app(app_c, "--device", "local-task", "--repeat", "2", vmfb, images)
+    assert pool.returncode == 0 and pool.stdout == proc.stdout, pool.stderr
+    assert "on local-task" in pool.stderr
 
 
 def test_c_app_repeat_reports_latency(app_c, cnn):

@@ -46,7 +46,7 @@ def test_describe_names_the_signature_and_the_compile(annotated):
     assert info["model"] == "examples.models:mlp"
     assert info["inputs"] == [{"name": "input", "shape": [4, 256], "dtype": "float32"}]
     assert [(o["shape"], o["dtype"]) for o in info["outputs"]] == [([4, 10], "float32")]
-    assert info["target"] == {"name": "cpu", "options": {"cpu": "host", "fast": True, "winograd": 28, "flags": []}}
+    assert info["target"] == {"name": "cpu", "options": {"cpu": "host", "fast": True, "winograd": 28, "flags": [], "driver": "auto"}}
     assert info["methods"] == [] and info["labels"] == DIGITS
     macs = 4 * (256 * 512 + 512 * 256 + 256 * 10)
     assert info["totals"]["macs_before"] == info["totals"]["macs_after"] == macs
@@ -60,6 +60,22 @@ def test_runtime_reads_the_metadata_back(annotated):
     assert reflection["optc.outputs"] == "4x10xf32"
     assert reflection["optc.labels"] == ",".join(DIGITS)
     assert "tensor<4x256xf32>" in reflection["iree.abi.declaration"]  # IREE's own key is kept
+
+
+def test_the_driver_the_target_chose_is_in_the_metadata():
+    """`compile` resolves cpu.driver=auto before annotating: the JSON and the
+    plain ``optc.device`` attribute (for C apps) name the driver to run it on."""
+    import dataclasses
+
+    model, program = lowered("mlp")
+    _, original = lowered("mlp")
+    sel = _cpu_selection()
+    sel = dataclasses.replace(sel, target_options=sel.target.resolve_options(program, sel.target_options))
+    info = describe("examples.models:mlp", model, original, program, sel)
+    annotate(program, info)
+    reflection = read(_compile(program))
+    assert info["target"]["options"]["driver"] == "local-sync"  # 0.53 M MACs per call
+    assert reflection["optc.device"] == "local-sync"
 
 
 def test_iree_dump_module_prints_the_metadata(annotated, tmp_path):

@@ -137,7 +137,16 @@ def _filecheck(tmp_path, checks: str, text: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_winograd_tags_only_large_3x3_stride_1_convs_and_iree_rewrites_those(tmp_path):
+@pytest.fixture
+def narrow_winograd(monkeypatch):
+    """Winograd for convs of any width, so small probe models exercise the tagging
+    (by default only convs of at least WINOGRAD_MIN_CHANNELS channels are tagged)."""
+    import optc.targets.cpu as cpu
+
+    monkeypatch.setattr(cpu, "WINOGRAD_MIN_CHANNELS", 2)
+
+
+def test_winograd_tags_only_large_3x3_stride_1_convs_and_iree_rewrites_those(tmp_path, narrow_winograd):
     from optc.targets.cpu import WINOGRAD_MIN_OUTPUT, WINOGRAD_TAG, prepare_winograd
     from optc.targets.iree_common import run_iree_compile
 
@@ -155,23 +164,26 @@ def test_winograd_tags_only_large_3x3_stride_1_convs_and_iree_rewrites_those(tmp
 
 
 def test_winograd_leaves_convs_with_few_channels_on_im2col():
-    # penni's basis conv: each input channel as a one-channel image, nb bases as filters
+    # penni's basis conv (1 input channel), a small CNN's 16 -> 32 conv: im2col; 64 -> 64: Winograd
     from optc.load import Model
     from optc.lower import lower
-    from optc.targets.cpu import WINOGRAD_MIN_OUTPUT, winograd_convs
+    from optc.targets.cpu import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_OUTPUT, winograd_convs
 
-    class Basis(torch.nn.Module):
+    class Widths(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.narrow = torch.nn.Conv2d(1, 4, 3, padding=1)
-            self.wide = torch.nn.Conv2d(4, 8, 3, padding=1)
+            self.basis = torch.nn.Conv2d(1, 16, 3, padding=1)
+            self.small = torch.nn.Conv2d(16, 32, 3, padding=1)
+            self.up = torch.nn.Conv2d(32, 64, 3, padding=1)
+            self.wide = torch.nn.Conv2d(64, 64, 3, padding=1)
 
         def forward(self, x):
-            return self.wide(self.narrow(x))
+            return self.wide(self.up(self.small(self.basis(x))))
 
-    p = lower(Model(Basis().eval(), (torch.randn(2, 1, 32, 32),), "basis"))
+    assert WINOGRAD_MIN_CHANNELS == 64
+    p = lower(Model(Widths().eval(), (torch.randn(1, 1, 32, 32),), "widths"))
     (tagged,) = winograd_convs(p, WINOGRAD_MIN_OUTPUT)
-    assert tagged.operands[1].type.shape == [8, 4, 3, 3]
+    assert tagged.operands[1].type.shape == [64, 64, 3, 3]
 
 
 def test_winograd_flags_hoist_filters_only_when_a_conv_is_tagged():
@@ -184,10 +196,10 @@ def test_winograd_flags_hoist_filters_only_when_a_conv_is_tagged():
 
 
 @pytest.mark.parametrize("spec, winograd", [("tests.e2e.probe_models:conv_kinds", 1), ("examples.models:cnn", 28)])
-def test_default_flags_with_winograd_stay_within_compile_tolerance(spec, winograd):
+def test_default_flags_with_winograd_stay_within_compile_tolerance(spec, winograd, narrow_winograd):
     """Winograd F(6x6,3x3) is not exact in float32: its artifact must still meet
     the tolerance `optc compile` checks (1e-4 relative), here with room to spare
-    (conv_kinds: two biased convs; cnn: the default threshold, a bias-free stem)."""
+    (conv_kinds: two biased convs; cnn: the default output threshold, a bias-free stem)."""
     from optc.load import load_model
     from optc.lower import lower
     from optc.targets.cpu import winograd_convs
@@ -211,3 +223,39 @@ def test_winograd_option_is_validated():
     assert build_options("cpu", CpuOptions, {"winograd": "0"}).winograd == 0
     with pytest.raises(OptionError, match="winograd"):
         build_options("cpu", CpuOptions, {"winograd": "-1"})
+
+
+# ----------------------------------------------------------------- runtime driver
+
+
+@pytest.mark.parametrize("name, driver", [("mlp", "local-sync"), ("cnn", "local-sync"), ("lstm2_h256", "local-task")])
+def test_auto_driver_runs_small_models_on_the_calling_thread(name, driver):
+    from optc.targets.cpu import SYNC_MAX_MACS, auto_driver
+
+    _, p = lowered(name)
+    assert (p.contraction_macs() < SYNC_MAX_MACS) == (driver == "local-sync")
+    assert auto_driver(p) == driver
+    resolved = CpuTarget().resolve_options(p, CpuOptions())
+    assert resolved.driver == driver
+    assert CpuTarget().resolve_options(p, CpuOptions(driver="local-task")).driver == "local-task"  # an explicit choice stays
+
+
+def test_artifact_runs_on_the_driver_its_options_name():
+    model, p = lowered("mlp")
+    t = CpuTarget()
+    art = t.compile(p, CpuOptions())
+    want = eager_outputs(model.module, p.example_inputs)
+    for driver in ("local-sync", "local-task"):
+        session = t.open(art.vmfb, CpuOptions(driver=driver))
+        assert session.driver == driver
+        assert compare(session(*p.example_inputs), want).max_rel < 1e-5
+    assert t.open(art.vmfb, CpuOptions()).driver == "local-task"  # "auto" unresolved (an old artifact's metadata): the pool
+
+
+def test_driver_option_is_validated():
+    from optc.api import build_options
+    from optc.errors import OptionError
+
+    assert build_options("cpu", CpuOptions, {"driver": "local-sync"}).driver == "local-sync"
+    with pytest.raises(OptionError, match="driver='cuda': expected one of auto, local-task, local-sync"):
+        build_options("cpu", CpuOptions, {"driver": "cuda"})

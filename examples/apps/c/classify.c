@@ -6,8 +6,10 @@
 // (N, 8, 8) for the digits CNN. Prints "<index> <label>" per image. The input and
 // output shapes and the class labels come from the module's reflection metadata
 // (optc.inputs, optc.outputs, optc.labels on its function `main`), so the app knows
-// nothing about the model. With --repeat N it then times N calls on the first batch
-// (input upload, call, output download) and prints the latency to stderr.
+// nothing about the model. It runs on the CPU driver the metadata names
+// (optc.device) unless --device says otherwise. With --repeat N it then times N
+// calls on the first batch (input upload, call, output download) and prints the
+// latency to stderr.
 //
 // Bad input (a missing or corrupt .vmfb, images of the wrong shape, a module that
 // is not a one-input classifier from optc) prints one line and exits 2.
@@ -31,6 +33,7 @@ typedef struct shape_t {
 
 typedef struct app_t {
   const char* device_name;
+  int device_given;  // --device on the command line; else the artifact's optc.device
   const char* module_path;
   const char* images_path;
   long repeat;
@@ -101,21 +104,11 @@ static iree_string_view_t attr(app_t* app, const char* key) {
   return iree_vm_function_lookup_attr_by_name(&app->main_fn, iree_make_cstring_view(key));
 }
 
-static int open_module(app_t* app) {
-  FILE* f = fopen(app->module_path, "rb");
-  if (!f) return fail("%s: cannot open the module (%s)", app->module_path, strerror(errno));
-  fclose(f);
-
+// A session on device `app->device_name` with the module loaded.
+static int open_session(app_t* app) {
   char message[512];
-  iree_runtime_instance_options_t instance_options;
-  iree_runtime_instance_options_initialize(&instance_options);
-  iree_runtime_instance_options_use_all_available_drivers(&instance_options);
-  iree_status_t status =
-      iree_runtime_instance_create(&instance_options, iree_allocator_system(), &app->instance);
-  if (!iree_status_is_ok(status)) return fail("cannot create the IREE runtime: %s", status_line(status, message, sizeof(message)));
-
   iree_hal_device_t* device = NULL;
-  status = iree_runtime_instance_try_create_default_device(
+  iree_status_t status = iree_runtime_instance_try_create_default_device(
       app->instance, iree_make_cstring_view(app->device_name), &device);
   if (!iree_status_is_ok(status)) {
     return fail("--device %s: %s (this build has local-task and local-sync)", app->device_name,
@@ -143,6 +136,37 @@ static int open_module(app_t* app) {
   if (!iree_status_is_ok(status)) {
     iree_status_ignore(status);
     return fail("%s: the module has no function main", app->module_path);
+  }
+  return 0;
+}
+
+static int open_module(app_t* app) {
+  FILE* f = fopen(app->module_path, "rb");
+  if (!f) return fail("%s: cannot open the module (%s)", app->module_path, strerror(errno));
+  fclose(f);
+
+  char message[512];
+  iree_runtime_instance_options_t instance_options;
+  iree_runtime_instance_options_initialize(&instance_options);
+  iree_runtime_instance_options_use_all_available_drivers(&instance_options);
+  iree_status_t status =
+      iree_runtime_instance_create(&instance_options, iree_allocator_system(), &app->instance);
+  if (!iree_status_is_ok(status)) return fail("cannot create the IREE runtime: %s", status_line(status, message, sizeof(message)));
+
+  int rc = open_session(app);
+  if (rc) return rc;
+  // Without --device: the CPU driver optc chose for the artifact (optc.device:
+  // local-sync for small models, whose calls are faster on the calling thread).
+  iree_string_view_t named = attr(app, "optc.device");
+  if (!app->device_given && (iree_string_view_equal(named, IREE_SV("local-sync")) ||
+                             iree_string_view_equal(named, IREE_SV("local-task")))) {
+    if (!iree_string_view_equal(named, iree_make_cstring_view(app->device_name))) {
+      app->device_name = iree_string_view_equal(named, IREE_SV("local-sync")) ? "local-sync" : "local-task";
+      iree_runtime_session_release(app->session);
+      app->session = NULL;
+      rc = open_session(app);
+      if (rc) return rc;
+    }
   }
 
   // The signature from optc's reflection metadata.
@@ -304,6 +328,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
       app.device_name = argv[++i];
+      app.device_given = 1;
     } else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc) {
       char* end = NULL;
       app.repeat = strtol(argv[++i], &end, 10);

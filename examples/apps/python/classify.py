@@ -1,6 +1,6 @@
 """Classify images with an optc artifact, using only the IREE runtime and numpy.
 
-    python classify.py [--device local-task|vulkan] [--repeat N] MODEL.vmfb IMAGES.npy
+    python classify.py [--device local-task|local-sync|vulkan] [--repeat N] MODEL.vmfb IMAGES.npy
 
 IMAGES.npy holds float32 images, batch first: shape (N, *one input without its batch
 dimension), e.g. (N, 8, 8) for the digits CNN. Prints "<index> <label>" per image.
@@ -27,8 +27,16 @@ import numpy as np
 
 DYNAMIC_BATCH = 32  # images per call for an artifact that takes any batch size
 
-# optc's targets and the IREE device their artifacts run on.
+# optc's targets and the IREE device their artifacts run on (a cpu artifact's
+# metadata names its driver: local-sync for small models, local-task for others).
 DEVICE_OF_TARGET = {"cpu": "local-task", "vulkan": "vulkan"}
+
+
+def device_of(info: dict) -> str:
+    """The IREE device an artifact's optc metadata asks for."""
+    target = info["target"]["name"]
+    driver = info["target"].get("options", {}).get("driver")
+    return driver if target == "cpu" and driver in ("local-task", "local-sync") else DEVICE_OF_TARGET.get(target, target)
 
 
 class AppError(Exception):
@@ -39,14 +47,10 @@ class Classifier:
     """One artifact loaded on one IREE device, called through the runtime's
     VM-level API (the same calls an app makes in C)."""
 
-    def __init__(self, vmfb: Path, device: str):
+    def __init__(self, vmfb: Path, device: str | None = None):
         self.path = vmfb
         if not vmfb.is_file():
             raise AppError(f"{vmfb}: no such module file")
-        try:
-            self.device = rt.get_device(device)
-        except (ValueError, RuntimeError) as e:
-            raise AppError(f"--device {device}: {_first_line(e)}") from None
         self.instance = rt.VmInstance()
         try:
             module = rt.VmModule.copy_buffer(self.instance, vmfb.read_bytes())
@@ -66,6 +70,11 @@ class Classifier:
         self.input_shape = tuple(inputs[0]["shape"])
         self.output_shape = tuple(outputs[0]["shape"])
         self.labels = self.info.get("labels") or [str(c) for c in range(self.output_shape[1])]
+        self.device_name = device or device_of(self.info)
+        try:
+            self.device = rt.get_device(self.device_name)
+        except (ValueError, RuntimeError) as e:
+            raise AppError(f"--device {self.device_name}: {_first_line(e)}") from None
         # A module for the artifact's device hooks the artifact's HAL calls to it.
         hal = rt.create_hal_module(self.instance, self.device)
         try:
@@ -73,8 +82,8 @@ class Classifier:
         except RuntimeError as e:
             target = self.info["target"]["name"]
             raise AppError(
-                f"{vmfb}: compiled for optc target {target!r}; it does not run on --device {device} "
-                f"(use --device {DEVICE_OF_TARGET.get(target, target)})"
+                f"{vmfb}: compiled for optc target {target!r}; it does not run on --device {self.device_name} "
+                f"(use --device {device_of(self.info)})"
             ) from None
         self.staging = None
 
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify images with an optc artifact (IREE runtime + numpy only).")
     parser.add_argument("module", type=Path, help="the artifact (.vmfb) compiled by optc")
     parser.add_argument("images", type=Path, help="float32 .npy of images, batch first")
-    parser.add_argument("--device", default="local-task", help="IREE device: local-task (CPU artifacts) or vulkan (vulkan artifacts)")
+    parser.add_argument("--device", help="IREE device: local-task or local-sync (CPU artifacts), vulkan (vulkan artifacts); default: the one the artifact's metadata names")
     parser.add_argument("--repeat", type=int, default=0, help="then time this many calls on the first batch")
     args = parser.parse_args(argv)
     try:
@@ -183,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 times.append((time.perf_counter() - start) * 1e3)
             med = float(np.median(times))
             print(
-                f"latency: {args.repeat} calls of batch {n} on {args.device}: median {med:.4f} ms, "
+                f"latency: {args.repeat} calls of batch {n} on {app.device_name}: median {med:.4f} ms, "
                 f"mean {np.mean(times):.4f} ms, min {min(times):.4f} ms; {med / n:.4f} ms per image (median)",
                 file=sys.stderr,
             )
