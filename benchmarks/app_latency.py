@@ -1,7 +1,8 @@
 """The C app's per-image latency against `iree-benchmark-module`'s on the same
 artifact (the goal: the app adds nothing, within 10%).
 
-Both run the artifact on `local-task` with the runtime's default threads, in
+Both run the artifact on the driver its metadata names (optc's cpu.driver:
+local-sync for small models, else local-task with the runtime's default threads), in
 separate processes, alternated for --rounds rounds. Each round,
 `iree-benchmark-module --benchmark_min_time=Nx` reports its mean time per call (its
 input buffer made once; call and wait) and `classify --repeat N` its mean per call
@@ -31,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def benchmark_module(vmfb: Path, x: Path, calls: int) -> float:
+def benchmark_module(vmfb: Path, x: Path, calls: int, device: str) -> float:
     """iree-benchmark-module's mean ms per call."""
     proc = subprocess.run(
-        [str(BIN / "iree-benchmark-module"), f"--module={vmfb}", "--function=main", "--device=local-task",
+        [str(BIN / "iree-benchmark-module"), f"--module={vmfb}", "--function=main", f"--device={device}",
          f"--input=@{x}", f"--benchmark_min_time={calls}x", "--benchmark_format=json"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -43,9 +44,9 @@ def benchmark_module(vmfb: Path, x: Path, calls: int) -> float:
     return float(run["real_time"])
 
 
-def c_app(binary: Path, vmfb: Path, x: Path, calls: int) -> tuple[float, float]:
+def c_app(binary: Path, vmfb: Path, x: Path, calls: int, device: str) -> tuple[float, float]:
     """The C app's (mean, median) ms per call."""
-    proc = subprocess.run([str(binary), "--repeat", str(calls), str(vmfb), str(x)], capture_output=True, text=True, check=True)
+    proc = subprocess.run([str(binary), "--device", device, "--repeat", str(calls), str(vmfb), str(x)], capture_output=True, text=True, check=True)
     m = re.search(r"median ([0-9.]+) ms, mean ([0-9.]+) ms", proc.stderr)
     assert m, proc.stderr
     return float(m.group(2)), float(m.group(1))
@@ -70,19 +71,21 @@ def main() -> None:
             images = test["x"]
         info = json.loads(subprocess.run([str(BIN / "iree-dump-module"), str(vmfb)], capture_output=True, text=True, check=True).stdout.split("optc: ", 1)[1].splitlines()[0])
         batch = info["inputs"][0]["shape"][0]
+        device = info["target"]["options"].get("driver", "local-task")
+        device = device if device in ("local-sync", "local-task") else "local-task"  # "auto": an artifact from before the choice was recorded
         x = work / "x.npy"
         np.save(x, images[:batch])
         build_proc = subprocess.run(["bash", str(REPO / "scripts" / "build_c_app.sh")], cwd=REPO, capture_output=True, text=True, check=True)
         binary = REPO / build_proc.stdout.strip().splitlines()[-1]
         bench, app_mean, app_median = [], [], []
         for r in range(args.rounds):
-            bench.append(benchmark_module(vmfb, x, args.calls))
-            mean, median = c_app(binary, vmfb, x, args.calls)
+            bench.append(benchmark_module(vmfb, x, args.calls, device))
+            mean, median = c_app(binary, vmfb, x, args.calls, device)
             app_mean.append(mean)
             app_median.append(median)
             print(f"round {r + 1}: iree-benchmark-module {bench[-1]:.4f} ms, C app {mean:.4f} ms (median call {median:.4f} ms)", file=sys.stderr)
         b, a = statistics.median(bench), statistics.median(app_mean)
-        print(f"artifact {vmfb} (batch {batch}), local-task, {args.calls} calls x {args.rounds} rounds, medians over rounds of the mean per call:")
+        print(f"artifact {vmfb} (batch {batch}), {device}, {args.calls} calls x {args.rounds} rounds, medians over rounds of the mean per call:")
         print("| runner | ms per call | ms per image |")
         print("|---|---|---|")
         print(f"| iree-benchmark-module | {b:.4f} | {b / batch:.4f} |")
