@@ -1,6 +1,7 @@
 """Average latency over an --eval set: a drnet artifact (its latency depends on
 each image's chosen resolution) against the full-resolution compile of the same
-model, both built for the cpu target with default options.
+model, both built for the cpu target with default options, each run in this
+process on the IREE driver its metadata names (cpu.driver).
 
     python benchmarks/drnet_latency.py DRNET.vmfb FULL.vmfb EVAL.npz [--repeats 3]
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from optc.api import build_options
 from optc.calibration import read_arrays
+from optc.metadata import optc_info, read
 from optc.registry import load_registry
 
 
@@ -39,10 +41,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cpu = load_registry().target("cpu")
-    options = build_options("cpu", cpu.Options, {})
-    sessions = {name: cpu.open(path.read_bytes(), options) for name, path in (("drnet", args.drnet), ("full", args.full))}
-    with read_arrays(args.eval, "eval") as data:
-        x = np.ascontiguousarray(data["x"].astype(np.float32))
+    def options(path: Path):
+        described = optc_info(read(path))["target"]["options"]
+        return build_options("cpu", cpu.Options, {k: str(v) for k, v in described.items() if not isinstance(v, list)})
+
+    sessions = {name: cpu.open(path.read_bytes(), options(path)) for name, path in (("drnet", args.drnet), ("full", args.full))}
+    for name, s in sessions.items():
+        print(f"{name}: runs on {s.driver}")
+    x = np.ascontiguousarray(read_arrays(args.eval, "eval")["x"].astype(np.float32))
     usable = len(x) - len(x) % args.batch
     chunks = [x[i:i + args.batch] for i in range(0, usable, args.batch)]
     for s in sessions.values():  # warm up
