@@ -3,11 +3,12 @@
 A tiny predictor (an MLP on the input resized to ``predictor_size``²) picks, per
 call, one of the candidate resolutions; the backbone, lowered once per
 resolution with one shared copy of each weight (:mod:`optc.variants`), runs on
-the input resized to it. The choice is a nested ``scf.if`` on the predictor's
-argmax extracted from a tensor (IREE 3.13 rejects a tensor-valued
-``scf.index_switch``), so the module's public function keeps the model's
-signature and an app that embeds the ``.vmfb`` gets the behaviour with no host
-logic.
+the input resized to it. The choice is a ``cf.switch`` on the predictor's argmax
+extracted from a tensor (IREE 3.13 rejects a tensor-valued ``scf.index_switch``;
+nested ``scf.if``s copied the result out of every level), so the module's public
+function keeps the model's signature and an app that embeds the ``.vmfb`` gets
+the behaviour with no host logic. Reading the choice back costs one hand-off
+between the runtime's threads per call: see the cpu target's driver choice.
 
 Resizing is bilinear with antialiasing (PyTorch's ``interpolate``), written as
 two contractions with fixed matrices: out = Rₕ · x · Rᵥᵀ over the last two dims.
@@ -388,7 +389,7 @@ class _Text:
 
 def _append_dispatcher(merged: Program, name: str, shape: tuple[int, ...], resolutions: Sequence[int], variants: Sequence[str],
                        full: Program, predictor: Predictor, predictor_size: int) -> None:
-    """Add the public function ``name``: predictor -> index -> nested scf.if over the variants."""
+    """Add the public function ``name``: predictor -> index -> cf.switch to the variants."""
     from torch_mlir import ir
 
     ftype = ir.FunctionType(ir.TypeAttr(full.func.attributes["function_type"]).value)

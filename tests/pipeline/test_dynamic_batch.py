@@ -71,3 +71,12 @@ def test_check_chunks_sees_a_misplaced_chunk():
     x = np.arange(4, dtype=np.float32).reshape(1, 4) + 1
     assert check_chunks(right, [x]) == 0.0
     assert check_chunks(misplaced, [x]) > 0.5
+
+
+def test_auto_driver_judges_a_dispatcher_by_its_largest_variant(cnn_dynamic):
+    # 0.72 M MACs at batch 1: local-sync; its batch-32 variant does 23 M: local-task for the whole module
+    from optc.targets.cpu import SYNC_MAX_MACS, auto_driver
+
+    _, program, dynamic = cnn_dynamic
+    assert program.contraction_macs() < SYNC_MAX_MACS <= max(v.contraction_macs() for v in dynamic.variants())
+    assert auto_driver(program) == "local-sync" and auto_driver(dynamic) == "local-task"
