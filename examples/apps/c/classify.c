@@ -21,7 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "iree/io/file_contents.h"
 #include "iree/runtime/api.h"
+#include "iree/vm/bytecode/module.h"
 #include "npy.h"
 
 #define MAX_RANK 8
@@ -104,8 +106,43 @@ static iree_string_view_t attr(app_t* app, const char* key) {
   return iree_vm_function_lookup_attr_by_name(&app->main_fn, iree_make_cstring_view(key));
 }
 
-// A session on device `app->device_name` with the module loaded.
-static int open_session(app_t* app) {
+// The module's bytecode, loaded once; a session appends it after the device is chosen.
+static int load_module(app_t* app, iree_vm_module_t** out_module) {
+  char message[512];
+  iree_allocator_t host = iree_runtime_instance_host_allocator(app->instance);
+  iree_io_file_contents_t* contents = NULL;
+  iree_status_t status = iree_io_file_contents_read(iree_make_cstring_view(app->module_path), host, &contents);
+  if (iree_status_is_ok(status)) {
+    iree_allocator_t deallocator = iree_io_file_contents_deallocator(contents);
+    status = iree_vm_bytecode_module_create(iree_runtime_instance_vm_instance(app->instance), IREE_VM_BYTECODE_MODULE_FLAG_NONE,
+                                            contents->const_buffer, deallocator, host, out_module);
+    // the contents are the module's now, or must be freed here (as iree_runtime_session does)
+    if (!iree_status_is_ok(status)) iree_allocator_free(deallocator, (void*)contents->const_buffer.data);
+  }
+  if (!iree_status_is_ok(status)) {
+    return fail("%s: not an IREE module (.vmfb) this runtime can load: %s", app->module_path,
+                status_line(status, message, sizeof(message)));
+  }
+  return 0;
+}
+
+// Without --device: the CPU driver optc chose for the artifact (optc.device on
+// main: local-sync for small models, whose calls are faster on the calling thread).
+static void choose_device(app_t* app, iree_vm_module_t* module) {
+  if (app->device_given) return;
+  iree_vm_function_t main_fn;
+  iree_status_t status = iree_vm_module_lookup_function_by_name(module, IREE_VM_FUNCTION_LINKAGE_EXPORT, IREE_SV("main"), &main_fn);
+  if (!iree_status_is_ok(status)) {
+    iree_status_ignore(status);  // the session's lookup reports a missing main
+    return;
+  }
+  iree_string_view_t named = iree_vm_function_lookup_attr_by_name(&main_fn, IREE_SV("optc.device"));
+  if (iree_string_view_equal(named, IREE_SV("local-sync"))) app->device_name = "local-sync";
+  if (iree_string_view_equal(named, IREE_SV("local-task"))) app->device_name = "local-task";
+}
+
+// A session on device `app->device_name` holding `module`.
+static int open_session(app_t* app, iree_vm_module_t* module) {
   char message[512];
   iree_hal_device_t* device = NULL;
   iree_status_t status = iree_runtime_instance_try_create_default_device(
@@ -122,7 +159,7 @@ static int open_session(app_t* app) {
   iree_hal_device_release(device);
   if (!iree_status_is_ok(status)) return fail("cannot create a session: %s", status_line(status, message, sizeof(message)));
 
-  status = iree_runtime_session_append_bytecode_module_from_file(app->session, app->module_path);
+  status = iree_runtime_session_append_module(app->session, module);
   if (iree_status_code(status) == IREE_STATUS_INCOMPATIBLE) {
     iree_status_ignore(status);
     return fail("%s: compiled for a device --device %s is not (this app runs CPU artifacts: optc --target cpu)",
@@ -153,21 +190,13 @@ static int open_module(app_t* app) {
       iree_runtime_instance_create(&instance_options, iree_allocator_system(), &app->instance);
   if (!iree_status_is_ok(status)) return fail("cannot create the IREE runtime: %s", status_line(status, message, sizeof(message)));
 
-  int rc = open_session(app);
+  iree_vm_module_t* module = NULL;
+  int rc = load_module(app, &module);
   if (rc) return rc;
-  // Without --device: the CPU driver optc chose for the artifact (optc.device:
-  // local-sync for small models, whose calls are faster on the calling thread).
-  iree_string_view_t named = attr(app, "optc.device");
-  if (!app->device_given && (iree_string_view_equal(named, IREE_SV("local-sync")) ||
-                             iree_string_view_equal(named, IREE_SV("local-task")))) {
-    if (!iree_string_view_equal(named, iree_make_cstring_view(app->device_name))) {
-      app->device_name = iree_string_view_equal(named, IREE_SV("local-sync")) ? "local-sync" : "local-task";
-      iree_runtime_session_release(app->session);
-      app->session = NULL;
-      rc = open_session(app);
-      if (rc) return rc;
-    }
-  }
+  choose_device(app, module);
+  rc = open_session(app, module);
+  iree_vm_module_release(module);  // the session holds its own reference
+  if (rc) return rc;
 
   // The signature from optc's reflection metadata.
   iree_string_view_t inputs = attr(app, "optc.inputs");
