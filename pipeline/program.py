@@ -410,6 +410,10 @@ class Program:
         callees = self.callees()
         return [self.function(n) for n in callees] if callees else [self]
 
+    def largest_variant(self) -> "Program":
+        """The variant with the most contraction MACs: the costliest function one call may run."""
+        return max(self.variants(), key=lambda p: p.contraction_macs())
+
     def referenced_params(self) -> list[str]:
         """Parameters some function of the module reads (variants share one copy)."""
         names = []

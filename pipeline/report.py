@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from optc.api import MethodResult
-from optc.dynamic_batch import example_variant
+from optc.dynamic_batch import batch_sizes, example_variant, is_batch_dispatch
 from optc.errors import first_line
 from optc.program import LayerStats, Program
 
@@ -111,20 +111,12 @@ def rows_variant(program: Program) -> Program:
     """What the per-layer rows describe: the variant totals describe, or for a module
     that picks a callee per input (drnet), its most expensive callee."""
     described = example_variant(program)
-    return described if described is not program else _largest_callee(program)
-
-
-def _largest_callee(program: Program) -> Program:
-    """What the per-layer rows describe: the program itself, or for one that picks a
-    callee per input at run time, its most expensive callee."""
-    return max(program.variants(), key=lambda p: p.contraction_macs())
+    return described if described is not program else program.largest_variant()
 
 
 def compile_report(c: "Compiled", artifact_path: str | None) -> dict[str, Any]:
     """The report of one compile (also the base of a bench report)."""
     from optc.driver import options_dict
-
-    from optc.dynamic_batch import batch_sizes, is_batch_dispatch
 
     verification = c.verification.as_dict()
     verification["verified_with"] = c.verified_with

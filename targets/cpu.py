@@ -155,8 +155,7 @@ class CpuTarget(Target):
 def auto_driver(program: Program) -> str:
     """local-sync when the costliest function one call may run (the program, or
     its largest batch or resolution variant) does under SYNC_MAX_MACS, else local-task."""
-    macs = max(p.contraction_macs() for p in program.variants())
-    return "local-sync" if macs < SYNC_MAX_MACS else "local-task"
+    return "local-sync" if program.largest_variant().contraction_macs() < SYNC_MAX_MACS else "local-task"
 
 
 def winograd_convs(program: Program, min_output: int) -> list[Any]:
