@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 Iterator = Literal["parallel", "reduction"]
 
 
+def tensor_type_text(shape: Sequence[int | None], elem: str = "f32") -> str:
+    """MLIR text of a ranked tensor type, ``None`` for a dynamic dimension: (None, 3) -> ``tensor<?x3xf32>``
+    (for modules written as MLIR text: drnet's and --dynamic-batch's dispatchers)."""
+    return "tensor<" + "".join(f"{'?' if d is None else d}x" for d in shape) + elem + ">"
+
+
 def shape_of(value: ir.Value) -> tuple[int, ...]:
     return tuple(ir.RankedTensorType(value.type).shape)
 

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 from torch_mlir import ir
 
+from optc.builder import tensor_type_text
 from optc.errors import InputError, LoadError, LowerError
 from optc.load import Model
 from optc.program import Program
@@ -116,10 +117,6 @@ def _types(program: Program) -> tuple[list[ir.RankedTensorType], list[ir.RankedT
     return [ir.RankedTensorType(t) for t in ftype.inputs], [ir.RankedTensorType(t) for t in ftype.results]
 
 
-def _tensor(shape: Sequence[int | None], elem: str) -> str:
-    return "tensor<" + "".join(f"{'?' if d is None else d}x" for d in shape) + elem + ">"
-
-
 def dispatcher(name: str, variants: list[tuple[int, str]], inputs: list[ir.RankedTensorType], outputs: list[ir.RankedTensorType]) -> str:
     """MLIR text of ``name``: batch-dynamic inputs run through ``variants``
     ((batch size, function), any order) whose inputs/outputs are ``inputs``/
@@ -131,15 +128,15 @@ def dispatcher(name: str, variants: list[tuple[int, str]], inputs: list[ir.Ranke
     instead of the switch measured 1.63×)."""
     ins = [(list(t.shape[1:]), str(t.element_type)) for t in inputs]
     outs = [(list(t.shape[1:]), str(t.element_type)) for t in outputs]
-    dyn_in = [_tensor([None] + s, e) for s, e in ins]
-    dyn_out = [_tensor([None] + s, e) for s, e in outs]
+    dyn_in = [tensor_type_text([None] + s, e) for s, e in ins]
+    dyn_out = [tensor_type_text([None] + s, e) for s, e in outs]
     out_sig = ", ".join(dyn_out)
     m = len(outs)
     variants = sorted(variants, reverse=True)
     lines = ["%c0 = arith.constant 0 : index", f"%n = tensor.dim %a0, %c0 : {dyn_in[0]}"]
 
     def static(size: int, shapes: list[tuple[list[int], str]]) -> list[str]:
-        return [_tensor([size] + s, e) for s, e in shapes]
+        return [tensor_type_text([size] + s, e) for s, e in shapes]
 
     def call(k: int, args: list[str], size: int, fn: str, indent: str) -> str:
         lines.append(f"{indent}%y{k}:{m} = func.call @{fn}({', '.join(args)}) : ({', '.join(static(size, ins))}) -> ({', '.join(static(size, outs))})")
