@@ -79,7 +79,7 @@ class Classifier:
         hal = rt.create_hal_module(self.instance, self.device)
         try:
             self.context = rt.VmContext(self.instance, modules=[hal, module])
-        except RuntimeError as e:
+        except RuntimeError:
             target = self.info["target"]["name"]
             raise AppError(
                 f"{vmfb}: compiled for optc target {target!r}; it does not run on --device {self.device_name} "
