@@ -113,7 +113,7 @@ def variant_at(program: Program, shapes: Sequence[tuple[int, ...]]) -> Program |
 
 
 def _types(program: Program) -> tuple[list[ir.RankedTensorType], list[ir.RankedTensorType]]:
-    ftype = ir.FunctionType(ir.TypeAttr(program.func.attributes["function_type"]).value)
+    ftype = program.function_type
     return [ir.RankedTensorType(t) for t in ftype.inputs], [ir.RankedTensorType(t) for t in ftype.results]
 
 

@@ -95,9 +95,7 @@ def describe(
 
 def signature_types(program: Any) -> tuple[list[str], list[str]]:
     """The entry function's input and output types in IREE's tool syntax."""
-    from torch_mlir import ir
-
-    ftype = ir.FunctionType(ir.TypeAttr(program.func.attributes["function_type"]).value)
+    ftype = program.function_type
     return tensor_types(ftype.inputs), tensor_types(ftype.results)
 
 

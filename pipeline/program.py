@@ -304,6 +304,11 @@ class Program:
         raise KeyError(f"no function {self.func_name!r} in module")
 
     @property
+    def function_type(self) -> ir.FunctionType:
+        """The entry function's type (its inputs and results)."""
+        return ir.FunctionType(ir.TypeAttr(self.func.attributes["function_type"]).value)
+
+    @property
     def body(self) -> ir.Block:
         return self.func.regions[0].blocks[0]
 

@@ -389,7 +389,7 @@ def _append_dispatcher(merged: Program, name: str, shape: tuple[int, ...], resol
     """Add the public function ``name``: predictor -> index -> cf.switch to the variants."""
     from torch_mlir import ir
 
-    ftype = ir.FunctionType(ir.TypeAttr(full.func.attributes["function_type"]).value)
+    ftype = full.function_type
     results = [str(t) for t in ftype.results]
     result_sig = ", ".join(results)
     n = shape[0]
