@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from optc.api import LayerChange, Method, MethodContext, MethodResult, option
-from optc.builder import tensor_type_text
+from optc.builder import tensor_type_text as _t  # short: the dispatcher text below uses it on every line
 from optc.errors import InputError, MethodError, OptionError
 from optc.hookspecs import hookimpl
 from optc.program import Program
@@ -323,7 +323,7 @@ def _make_private(program: Program, names: Sequence[str]) -> None:
 def _dense(a: np.ndarray) -> str:
     a = np.asarray(a, np.float32)
     body = np.array2string(a, separator=", ", threshold=np.inf, max_line_width=np.inf, formatter={"float_kind": lambda v: f"{v:.9e}"})
-    return f"arith.constant dense<{body}> : {tensor_type_text(a.shape)}"
+    return f"arith.constant dense<{body}> : {_t(a.shape)}"
 
 
 class _Text:
@@ -342,8 +342,8 @@ class _Text:
 
     def filled(self, shape: Sequence[int], value: str = "0.0", elem: str = "f32") -> str:
         init = self(f"arith.constant {value} : {elem}")
-        empty = self(f"tensor.empty() : {tensor_type_text(shape, elem)}")
-        return self(f"linalg.fill ins({init} : {elem}) outs({empty} : {tensor_type_text(shape, elem)}) -> {tensor_type_text(shape, elem)}")
+        empty = self(f"tensor.empty() : {_t(shape, elem)}")
+        return self(f"linalg.fill ins({init} : {elem}) outs({empty} : {_t(shape, elem)}) -> {_t(shape, elem)}")
 
     def resize(self, x: str, shape: Sequence[int], size: int) -> tuple[str, tuple[int, ...]]:
         """Two contractions: t[…, i, w] = Σh Rh[i, h]·x[…, h, w]; y[…, i, j] = Σw t[…, i, w]·Rw[j, w]."""
@@ -363,25 +363,25 @@ class _Text:
         maps = [", ".join(pre + ["d_r", "d_j"]), "d_i, d_r", ", ".join(pre + ["d_i", "d_j"])]
         amap = lambda m: f"affine_map<({dims}) -> ({m})>"  # noqa: E731
         t = self(f"linalg.generic {{indexing_maps = [{', '.join(amap(m) for m in maps)}], iterator_types = [{iters}]}} "
-                 f"ins({x}, {rh} : {tensor_type_text(shape)}, {tensor_type_text((size, h))}) outs({t0} : {tensor_type_text(mid)}) {{\n{body} -> {tensor_type_text(mid)}")
+                 f"ins({x}, {rh} : {_t(shape)}, {_t((size, h))}) outs({t0} : {_t(mid)}) {{\n{body} -> {_t(mid)}")
         rw = self(_dense(resize_matrix(w, size)))
         y0 = self.filled(out)
         # over (…, i, j, r=w)
         maps = [", ".join(pre + ["d_i", "d_r"]), "d_j, d_r", ", ".join(pre + ["d_i", "d_j"])]
         y = self(f"linalg.generic {{indexing_maps = [{', '.join(amap(m) for m in maps)}], iterator_types = [{iters}]}} "
-                 f"ins({t}, {rw} : {tensor_type_text(mid)}, {tensor_type_text((size, w))}) outs({y0} : {tensor_type_text(out)}) {{\n{body} -> {tensor_type_text(out)}")
+                 f"ins({t}, {rw} : {_t(mid)}, {_t((size, w))}) outs({y0} : {_t(out)}) {{\n{body} -> {_t(out)}")
         return y, out
 
     def dense_layer(self, x: str, n: int, w: np.ndarray, b: np.ndarray, relu: bool) -> str:
         """x (n, F) · w (F, O) + b, then ReLU when ``relu``."""
         o = w.shape[1]
         wc, bc = self(_dense(w)), self(_dense(b))
-        mm = self(f"linalg.matmul ins({x}, {wc} : {tensor_type_text((n, w.shape[0]))}, {tensor_type_text(w.shape)}) outs({self.filled((n, o))} : {tensor_type_text((n, o))}) -> {tensor_type_text((n, o))}")
+        mm = self(f"linalg.matmul ins({x}, {wc} : {_t((n, w.shape[0]))}, {_t(w.shape)}) outs({self.filled((n, o))} : {_t((n, o))}) -> {_t((n, o))}")
         act = "  %z = arith.constant 0.0 : f32\n  %r = arith.maximumf %s, %z : f32\n  linalg.yield %r : f32" if relu else "  linalg.yield %s : f32"
         m2, m1 = "affine_map<(d0, d1) -> (d0, d1)>", "affine_map<(d0, d1) -> (d1)>"
         return self(f"linalg.generic {{indexing_maps = [{m2}, {m1}, {m2}], iterator_types = [\"parallel\", \"parallel\"]}} "
-                    f"ins({mm}, {bc} : {tensor_type_text((n, o))}, {tensor_type_text((o,))}) outs({self.filled((n, o))} : {tensor_type_text((n, o))}) {{\n"
-                    f"^bb0(%a: f32, %b: f32, %c: f32):\n  %s = arith.addf %a, %b : f32\n{act}\n}} -> {tensor_type_text((n, o))}")
+                    f"ins({mm}, {bc} : {_t((n, o))}, {_t((o,))}) outs({self.filled((n, o))} : {_t((n, o))}) {{\n"
+                    f"^bb0(%a: f32, %b: f32, %c: f32):\n  %s = arith.addf %a, %b : f32\n{act}\n}} -> {_t((n, o))}")
 
 
 def _append_dispatcher(merged: Program, name: str, shape: tuple[int, ...], resolutions: Sequence[int], variants: Sequence[str],
@@ -396,23 +396,23 @@ def _append_dispatcher(merged: Program, name: str, shape: tuple[int, ...], resol
     g = _Text()
     flat = int(np.prod(shape[1:]))
     groups = "[[0], [" + ", ".join(str(i) for i in range(1, len(shape))) + "]]"
-    f = g(f"tensor.collapse_shape %x {groups} : {tensor_type_text(shape)} into {tensor_type_text((n, flat))}")
+    f = g(f"tensor.collapse_shape %x {groups} : {_t(shape)} into {_t((n, flat))}")
     hdn = g.dense_layer(f, n, predictor.on_image(shape[1:], predictor_size), predictor.b1, relu=True)
     scores = g.dense_layer(hdn, n, predictor.w2, predictor.b2, relu=False)
     k = len(resolutions)
     best0 = g.filled((n,), "0xFF800000")  # -inf: the first maximum wins, as numpy/torch argmax
     idx0 = g.filled((n,), "0", "i64")
     am = g(f"linalg.generic {{indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d0)>, affine_map<(d0, d1) -> (d0)>], "
-           f"iterator_types = [\"parallel\", \"reduction\"]}} ins({scores} : {tensor_type_text((n, k))}) outs({best0}, {idx0} : {tensor_type_text((n,))}, {tensor_type_text((n,), 'i64')}) {{\n"
+           f"iterator_types = [\"parallel\", \"reduction\"]}} ins({scores} : {_t((n, k))}) outs({best0}, {idx0} : {_t((n,))}, {_t((n,), 'i64')}) {{\n"
            "^bb0(%s: f32, %best: f32, %idx: i64):\n  %j = linalg.index 1 : index\n  %ji = arith.index_cast %j : index to i64\n"
            "  %gt = arith.cmpf ogt, %s, %best : f32\n  %nb = arith.select %gt, %s, %best : f32\n  %ni = arith.select %gt, %ji, %idx : i64\n"
-           f"  linalg.yield %nb, %ni : f32, i64\n}} -> ({tensor_type_text((n,))}, {tensor_type_text((n,), 'i64')})")
+           f"  linalg.yield %nb, %ni : f32, i64\n}} -> ({_t((n,))}, {_t((n,), 'i64')})")
     g.lines[-1] = g.lines[-1].replace(f"{am} =", f"{am}:2 =")
     mx0 = g.filled((), "0", "i64")
     mx = g(f"linalg.generic {{indexing_maps = [affine_map<(d0) -> (d0)>, affine_map<(d0) -> ()>], iterator_types = [\"reduction\"]}} "
-           f"ins({am}#1 : {tensor_type_text((n,), 'i64')}) outs({mx0} : {tensor_type_text((), 'i64')}) {{\n^bb0(%a: i64, %b: i64):\n  %m = arith.maxsi %a, %b : i64\n"
-           f"  linalg.yield %m : i64\n}} -> {tensor_type_text((), 'i64')}")
-    choice = g(f"tensor.extract {mx}[] : {tensor_type_text((), 'i64')}")
+           f"ins({am}#1 : {_t((n,), 'i64')}) outs({mx0} : {_t((), 'i64')}) {{\n^bb0(%a: i64, %b: i64):\n  %m = arith.maxsi %a, %b : i64\n"
+           f"  linalg.yield %m : i64\n}} -> {_t((), 'i64')}")
+    choice = g(f"tensor.extract {mx}[] : {_t((), 'i64')}")
 
     # a cf.switch to one block per resolution that resizes, calls its variant and
     # returns: nested scf.ifs would copy the result out of every level they pass
@@ -422,12 +422,12 @@ def _append_dispatcher(merged: Program, name: str, shape: tuple[int, ...], resol
     for i in range(k):
         g.raw(f"^res{i}:")
         xr, rshape = g.resize("%x", shape, resolutions[i])
-        call = g(f"func.call @{variants[i]}({xr}) : ({tensor_type_text(rshape)}) -> ({result_sig})")
+        call = g(f"func.call @{variants[i]}({xr}) : ({_t(rshape)}) -> ({result_sig})")
         if len(results) > 1:
             g.lines[-1] = g.lines[-1].replace(f"{call} =", f"{call}:{len(results)} =")
         g.raw(f"return {_yield(call, len(results))} : {result_sig}")
-    decls = "\n".join(f"func.func private @{v}({tensor_type_text(shape[:-2] + (r, r))}) -> ({result_sig})" for v, r in zip(variants, resolutions))
-    text = f"{decls}\nfunc.func @{name}(%x: {tensor_type_text(shape)}) -> ({result_sig}) {{\n" + "\n".join(g.lines) + "\n}"
+    decls = "\n".join(f"func.func private @{v}({_t(shape[:-2] + (r, r))}) -> ({result_sig})" for v, r in zip(variants, resolutions))
+    text = f"{decls}\nfunc.func @{name}(%x: {_t(shape)}) -> ({result_sig}) {{\n" + "\n".join(g.lines) + "\n}"
     parsed = ir.Module.parse(text, context=merged.context)
     func = next(op.operation for op in parsed.body.operations if ir.StringAttr(op.attributes["sym_name"]).value == name)
     merged.module.body.append(func)
