@@ -27,16 +27,10 @@ import numpy as np
 
 DYNAMIC_BATCH = 32  # images per call for an artifact that takes any batch size
 
-# optc's targets and the IREE device their artifacts run on (a cpu artifact's
-# metadata names its driver: local-sync for small models, local-task for others).
+# optc's targets and the IREE device their artifacts run on, for artifacts whose
+# metadata does not name one (optc.device: a cpu artifact's driver, local-sync
+# for small models, local-task for others).
 DEVICE_OF_TARGET = {"cpu": "local-task", "vulkan": "vulkan"}
-
-
-def device_of(info: dict) -> str:
-    """The IREE device an artifact's optc metadata asks for."""
-    target = info["target"]["name"]
-    driver = info["target"].get("options", {}).get("driver")
-    return driver if target == "cpu" and driver in ("local-task", "local-sync") else DEVICE_OF_TARGET.get(target, target)
 
 
 class AppError(Exception):
@@ -70,7 +64,9 @@ class Classifier:
         self.input_shape = tuple(inputs[0]["shape"])
         self.output_shape = tuple(outputs[0]["shape"])
         self.labels = self.info.get("labels") or [str(c) for c in range(self.output_shape[1])]
-        self.device_name = device or device_of(self.info)
+        target = self.info["target"]["name"]
+        named = self.main.reflection.get("optc.device") or DEVICE_OF_TARGET.get(target, target)
+        self.device_name = device or named
         try:
             self.device = rt.get_device(self.device_name)
         except (ValueError, RuntimeError) as e:
@@ -80,10 +76,9 @@ class Classifier:
         try:
             self.context = rt.VmContext(self.instance, modules=[hal, module])
         except RuntimeError:
-            target = self.info["target"]["name"]
             raise AppError(
                 f"{vmfb}: compiled for optc target {target!r}; it does not run on --device {self.device_name} "
-                f"(use --device {device_of(self.info)})"
+                f"(use --device {named})"
             ) from None
         self.staging = None
 
