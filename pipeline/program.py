@@ -384,7 +384,11 @@ class Program:
 
     def contraction_macs(self) -> int:
         """MACs of every contraction, weighted or not (attention's activation matmuls count too)."""
-        return sum(op_macs(op) for op in self.ops() if op.name in CONTRACTIONS)
+        return sum(self.contraction_sizes())
+
+    def contraction_sizes(self) -> list[int]:
+        """The MACs of each contraction, in program order."""
+        return [op_macs(op) for op in self.ops() if op.name in CONTRACTIONS]
 
     def constant_op(self, param: str) -> ir.Operation:
         """The ``arith.constant`` that holds ``param``."""

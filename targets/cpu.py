@@ -85,10 +85,16 @@ WINOGRAD_TAG = "__winograd_conv"
 # 0.101, digits CNN 0.189 / 0.341, multi-scale digits CNN 0.32 / 0.38 (8.4 M
 # MACs), examples.models:transformer at batch 32 0.565 / 0.481 (17.8 M),
 # digits CNN at batch 4 2.04 / 1.21 (29 M), reference LSTM 10.2 / 5.37 (109 M),
-# ResNet-18 51.0 / 31.3. The threshold below misses one model: a 2-layer LSTM
-# (hidden 256, 50 steps) is faster on local-sync at batch 1 (41 M MACs, 2.22 /
-# 2.99) and 2 (83 M, 2.94 / 3.56).
+# ResNet-18 51.0 / 31.3. Above the total, a model whose contractions are small on
+# average is a chain of little dispatches (an unrolled RNN's per-step matvecs)
+# that two workers cannot share well: a 2-layer LSTM (hidden 256, 50 steps, 103
+# contractions) on local-sync / local-task is 2.15 / 3.12 at batch 1 (41 M MACs,
+# 0.40 M per contraction), 2.65 / 3.13 at batch 2 (0.80 M), 3.46 / 3.74 at batch
+# 4 (1.6 M: a miss), while the reference LSTM (hidden 512, 1.6 M per
+# contraction, 4 MB recurrent weights that one core's L2 cannot hold) is 9.73 /
+# 5.88 and BERT-shaped (17 M) 8.03 / 5.55 (2026-12-04).
 SYNC_MAX_MACS = 16_000_000
+SYNC_MAX_MEAN_MACS = 1_000_000
 DRIVERS = ("auto", "local-task", "local-sync")
 
 _CPU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -100,7 +106,7 @@ class CpuOptions:
     fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs); falls back to the safe set if it fails")
     winograd: int = option(WINOGRAD_MIN_OUTPUT, "with fast: Winograd F(6x6,3x3) for 3x3 stride-1 convs whose output is at least this many pixels on each side (0 = never)")
     flags: tuple[str, ...] = option((), "extra IREE compiler flags, comma-separated (for experiments; see benchmarks/cpu_flags.py)")
-    driver: str = option("auto", f"IREE runtime driver the artifact is run with: local-task (a pool of worker threads), local-sync (the calling thread), or auto: local-sync when one call of the model does under {SYNC_MAX_MACS // 1_000_000} M MACs (its largest variant), else local-task; written into the artifact's metadata")
+    driver: str = option("auto", f"IREE runtime driver the artifact is run with: local-task (a pool of worker threads), local-sync (the calling thread), or auto: local-sync when one call of the model (its largest variant) does under {SYNC_MAX_MACS // 1_000_000} M MACs or its contractions average under {SYNC_MAX_MEAN_MACS // 1_000_000} M MACs (an unrolled RNN), else local-task; written into the artifact's metadata")
 
     def validate(self) -> None:
         if not _CPU_NAME.match(self.cpu):
@@ -142,7 +148,7 @@ class CpuTarget(Target):
         return artifact
 
     def resolve_options(self, program: Program, options: Any) -> Any:
-        """``driver=auto`` made concrete for ``program``: see SYNC_MAX_MACS."""
+        """``driver=auto`` made concrete for ``program``: see auto_driver()."""
         if options.driver != "auto":
             return options
         return replace(options, driver=auto_driver(program))
@@ -154,8 +160,11 @@ class CpuTarget(Target):
 
 def auto_driver(program: Program) -> str:
     """local-sync when the costliest function one call may run (the program, or
-    its largest batch or resolution variant) does under SYNC_MAX_MACS, else local-task."""
-    return "local-sync" if program.largest_variant().contraction_macs() < SYNC_MAX_MACS else "local-task"
+    its largest batch or resolution variant) does under SYNC_MAX_MACS, or its
+    contractions average under SYNC_MAX_MEAN_MACS; else local-task."""
+    macs = program.largest_variant().contraction_sizes()
+    small = sum(macs) < SYNC_MAX_MACS or sum(macs) < SYNC_MAX_MEAN_MACS * len(macs)
+    return "local-sync" if small else "local-task"
 
 
 def winograd_convs(program: Program, min_output: int) -> list[Any]:
