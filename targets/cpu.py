@@ -92,9 +92,12 @@ WINOGRAD_TAG = "__winograd_conv"
 # 0.40 M per contraction), 2.65 / 3.13 at batch 2 (0.80 M), 3.46 / 3.74 at batch
 # 4 (1.6 M: a miss), while the reference LSTM (hidden 512, 1.6 M per
 # contraction, 4 MB recurrent weights that one core's L2 cannot hold) is 9.73 /
-# 5.88 and BERT-shaped (17 M) 8.03 / 5.55 (2026-12-04).
+# 5.88 and BERT-shaped (17 M) 8.03 / 5.55 (2026-12-04). Only RNNs: MobileNetV2-
+# shaped after lowrank reduction=4 (87 M MACs, 0.87 M per contraction) ran 19.3
+# ms on local-sync against 14.6 for dense on local-task (benchmarks/reference_table.py).
 SYNC_MAX_MACS = 16_000_000
 SYNC_MAX_MEAN_MACS = 1_000_000
+RNN_MIN_STEPS = 8
 DRIVERS = ("auto", "local-task", "local-sync")
 
 _CPU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -106,7 +109,7 @@ class CpuOptions:
     fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs); falls back to the safe set if it fails")
     winograd: int = option(WINOGRAD_MIN_OUTPUT, "with fast: Winograd F(6x6,3x3) for 3x3 stride-1 convs whose output is at least this many pixels on each side (0 = never)")
     flags: tuple[str, ...] = option((), "extra IREE compiler flags, comma-separated (for experiments; see benchmarks/cpu_flags.py)")
-    driver: str = option("auto", f"IREE runtime driver the artifact is run with: local-task (a pool of worker threads), local-sync (the calling thread), or auto: local-sync when one call of the model (its largest variant) does under {SYNC_MAX_MACS // 1_000_000} M MACs or its contractions average under {SYNC_MAX_MEAN_MACS // 1_000_000} M MACs (an unrolled RNN), else local-task; written into the artifact's metadata")
+    driver: str = option("auto", f"IREE runtime driver the artifact is run with: local-task (a pool of worker threads), local-sync (the calling thread), or auto: local-sync when one call of the model (its largest variant) does under {SYNC_MAX_MACS // 1_000_000} M MACs or it is an unrolled RNN whose contractions average under {SYNC_MAX_MEAN_MACS // 1_000_000} M MACs, else local-task; written into the artifact's metadata")
 
     def validate(self) -> None:
         if not _CPU_NAME.match(self.cpu):
@@ -160,11 +163,16 @@ class CpuTarget(Target):
 
 def auto_driver(program: Program) -> str:
     """local-sync when the costliest function one call may run (the program, or
-    its largest batch or resolution variant) does under SYNC_MAX_MACS, or its
+    its largest batch or resolution variant) does under SYNC_MAX_MACS, or is an
+    unrolled RNN (a weight read by RNN_MIN_STEPS or more contractions) whose
     contractions average under SYNC_MAX_MEAN_MACS; else local-task."""
-    macs = program.largest_variant().contraction_sizes()
-    small = sum(macs) < SYNC_MAX_MACS or sum(macs) < SYNC_MAX_MEAN_MACS * len(macs)
-    return "local-sync" if small else "local-task"
+    p = program.largest_variant()
+    macs = p.contraction_sizes()
+    if sum(macs) < SYNC_MAX_MACS:
+        return "local-sync"
+    steps = max((len(layer.uses) for layer in p.layers()), default=1)
+    small_steps = steps >= RNN_MIN_STEPS and sum(macs) < SYNC_MAX_MEAN_MACS * len(macs)
+    return "local-sync" if small_steps else "local-task"
 
 
 def winograd_convs(program: Program, min_output: int) -> list[Any]:
