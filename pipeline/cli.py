@@ -353,6 +353,14 @@ def _print_summary(report: dict) -> None:
             f"top-1      original {100 * a['original']:.2f}%, compressed reference {100 * a['compressed_reference']:.2f}%, "
             f"artifact {100 * a['artifact']:.2f}% ({a['samples']} samples of {a['path']})"
         )
+        lost = 100 * (a["original"] - a["artifact"])
+        if lost > ACCURACY_WARNING_POINTS:
+            click.echo(f"warning    the artifact's top-1 is {lost:.2f} points below the original's: milder options "
+                       "(or --calib for a data-driven method) keep more accuracy")
+
+
+# The issues' accuracy goals allow a method to lose at most 1 point of top-1.
+ACCURACY_WARNING_POINTS = 1.0
 
 
 def _megabytes(n: int) -> str:

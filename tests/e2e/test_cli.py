@@ -158,12 +158,13 @@ def test_bcr_admm_on_the_digits_cnn_end_to_end(digits, tmp_path):
     """The headline command: prune 4x with bcr, solve with admm on --calib, and
     report top-1 on --eval for the original, the compressed reference and the artifact."""
     out = tmp_path / "cnn.vmfb"
-    optc_cli(
+    proc = optc_cli(
         "compile", "--plugins", "bcr,admm", str(digits["cnn"]), "-o", str(out),
         "--opt", "bcr.skip=features.0.weight,classifier.3.weight", "--opt", "bcr.block=8",
         "--opt", "bcr.col_keep=0.25", "--opt", "bcr.row_keep=1",
         "--calib", str(digits["calib"]), "--eval", str(digits["test"]), check=True,
     )
+    assert "top-1      original" in proc.stdout and "warning" not in proc.stdout
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["verification"]["passed"] and report["verification"]["compile_error"]["max_rel"] <= 1e-4
     assert report["calibration"]["samples"] == 1024
@@ -175,3 +176,15 @@ def test_bcr_admm_on_the_digits_cnn_end_to_end(digits, tmp_path):
     assert {r["layer"] for r in pruned} == {"features.2.weight", "features.5.weight", "classifier.1.weight"}
     assert sum(r["params_before"] for r in pruned) >= 4 * sum(r["params_after"] for r in pruned)
     assert all(r["methods"] == ["bcr", "admm"] for r in pruned)
+
+
+def test_compile_warns_when_compression_costs_more_than_a_point_of_top1(digits, tmp_path):
+    """Aggressive bcr without calibration or admm: the artifact is right (it matches
+    its compressed reference) but scores far below the original; say so."""
+    out = tmp_path / "cnn.vmfb"
+    proc = optc_cli("compile", "--plugins", "bcr", str(digits["cnn"]), "-o", str(out), "--opt", "bcr.block=8",
+                    "--opt", "bcr.col_keep=0.125", "--eval", str(digits["test"]), check=True)
+    acc = json.loads(out.with_suffix(".json").read_text())["accuracy"]
+    lost = 100 * (acc["original"] - acc["artifact"])
+    assert lost > 1
+    assert f"warning    the artifact's top-1 is {lost:.2f} points below the original's" in proc.stdout
