@@ -27,7 +27,9 @@ Top-level keys of a compile report:
   accuracy      {"path", "samples", "original", "compressed_reference", "artifact"}
                 top-1 in [0, 1] on --eval data            (with --eval)
   simulation    {"simulator", "array", "layers": [{"op", "layer", "batch", "gemm", "nm", "cycles", …}],
-                 "totals": {"cycles", "seconds", …}}      (--target sim: targets/sim.py)
+                 "totals": {"cycles", "seconds", …}}      (--target sim: targets/sim.py;
+                 drnet: the dispatcher plus its costliest variant, + "variants": {name: totals},
+                 "variant_simulated")
 FLOPs are counted as multiply-accumulates (MACs).
 """
 

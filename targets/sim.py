@@ -369,7 +369,37 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def simulate(program: Program, options: SimOptions) -> dict[str, Any]:
-    """The ``simulation`` section of the compile report: per contraction and in total."""
+    """The ``simulation`` section of the compile report: per contraction and in
+    total. A module that runs one of several variants per call, chosen at run
+    time (drnet's resolutions), is simulated as its dispatcher plus its costliest
+    variant (the worst call); ``variants`` holds each variant's totals."""
+    array = options.array()
+    layers = _simulated_layers(program, options)
+    section: dict[str, Any] = {
+        "simulator": "SCALE-Sim 3.0.0 (scalesim), bandwidth-estimating mode, 1-byte words; no energy model",
+        "array": {**{k: getattr(array, k) for k in ("rows", "cols", "ifmap_kb", "filter_kb", "ofmap_kb", "dataflow", "clock_mhz", "sparsity")},
+                  "accelerators": options.accelerators, "interconnect_gbps": options.interconnect_gbps,
+                  "interconnect_latency_us": options.interconnect_latency_us},
+    }
+    if program.callees():
+        per_variant = {v.func_name: _simulated_layers(v, options) for v in program.variants()}
+        worst = max(per_variant, key=lambda name: sum(r["cycles"] for r in per_variant[name]))
+        layers = layers + per_variant[worst]
+        section["variants"] = {name: _totals(rows, array.clock_mhz) for name, rows in per_variant.items()}
+        section["variant_simulated"] = worst
+    return {**section, "layers": layers, "totals": _totals(layers, array.clock_mhz)}
+
+
+def _totals(layers: list[dict[str, Any]], clock_mhz: float) -> dict[str, Any]:
+    cycles = sum(r["cycles"] for r in layers)
+    totals = {"cycles": cycles, "seconds": cycles / (clock_mhz * 1e6), "macs": sum(r["macs"] for r in layers)}
+    for key in ("compute_cycles", "interconnect_cycles", "interconnect_bytes", *_COUNTS[2:]):
+        totals[key] = sum(r[key] for r in layers)
+    return totals
+
+
+def _simulated_layers(program: Program, options: SimOptions) -> list[dict[str, Any]]:
+    """A report row per contraction of ``program``'s own function, simulated."""
     array = options.array()
     acc = options.accelerators
     ops = program_gemms(program)
@@ -411,17 +441,7 @@ def simulate(program: Program, options: SimOptions) -> dict[str, Any]:
         if "sampled" in r:
             row["sampled"] = r["sampled"]
         layers.append(row)
-    total_cycles = sum(r["cycles"] for r in layers)
-    totals = {"cycles": total_cycles, "seconds": total_cycles / (array.clock_mhz * 1e6), "macs": sum(r["macs"] for r in layers)}
-    for key in ("compute_cycles", "interconnect_cycles", "interconnect_bytes", *_COUNTS[2:]):
-        totals[key] = sum(r[key] for r in layers)
-    return {
-        "simulator": "SCALE-Sim 3.0.0 (scalesim), bandwidth-estimating mode, 1-byte words; no energy model",
-        "array": {**{k: getattr(array, k) for k in ("rows", "cols", "ifmap_kb", "filter_kb", "ofmap_kb", "dataflow", "clock_mhz", "sparsity")},
-                  "accelerators": acc, "interconnect_gbps": options.interconnect_gbps, "interconnect_latency_us": options.interconnect_latency_us},
-        "layers": layers,
-        "totals": totals,
-    }
+    return layers
 
 
 class SimTarget(Target):

@@ -188,3 +188,28 @@ def test_admm_nm_masks_reach_the_simulator_as_their_ratio():
     # ws on 32 rows: K 64 and 128 need half the row folds at 2:4; K=32 fits one fold either way
     assert [d["cycles"] / s["cycles"] > 1.8 for s, d in zip(rows, dense)] == [True, True, False]
     assert simulate(run.program, sim_options(sparsity="false", sample_cycles=0))["layers"][0]["cycles"] == dense[0]["cycles"]
+
+
+def test_a_drnet_module_is_simulated_as_its_dispatcher_and_its_costliest_variant():
+    """Before, only the dispatcher (predictor, resizes) was simulated: a drnet
+    module looked many times cheaper than its backbone."""
+    from optc.load import load_model
+    from optc.lower import lower
+    from optc.plugins.drnet import build_module
+    from optc.variants import lower_at_shapes
+    from tests.plugins.test_drnet import RESOLUTIONS, _forced
+
+    model = load_model("tests.plugins.test_drnet:tiny")
+    program = lower(model)
+    build_module(program, lower_at_shapes(model, [(2, r, r) for r in RESOLUTIONS]), RESOLUTIONS, _forced(0, 8 * 8), predictor_size=8)
+    options = SimOptions()
+    report = simulate(program, options)
+    alone = {v.func_name: simulate(v, options) for v in program.variants()}
+    assert len(alone) == len(RESOLUTIONS)
+    assert {name: t["cycles"] for name, t in report["variants"].items()} == {name: a["totals"]["cycles"] for name, a in alone.items()}
+    worst = max(alone, key=lambda name: alone[name]["totals"]["cycles"])
+    assert report["variant_simulated"] == worst
+    dispatched = sum(1 for op in program.ops() if op.name in CONTRACTIONS)  # the predictor and its resize
+    assert dispatched > 0 and report["layers"][dispatched:] == alone[worst]["layers"]
+    assert report["totals"]["cycles"] == sum(r["cycles"] for r in report["layers"]) > alone[worst]["totals"]["cycles"]
+    assert {r["layer"] for r in report["layers"]} >= {"c1.weight", "c2.weight", "fc.weight"}
