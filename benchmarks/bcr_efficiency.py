@@ -9,7 +9,7 @@ markdown table, one row per model × block × batch.
     .venv/bin/python benchmarks/bcr_efficiency.py [--blocks 16,32,64] [--col-group 0] [--threads 2] [--batches 1,32]
 
 --col-group sets bcr.col_group (rows sharing one column set; 0 = the whole
-layer; unset, bcr's default, = the block: GRIM's own columns per block).
+layer, bcr's default; equal to the block = GRIM's own columns per block).
 """
 
 from __future__ import annotations

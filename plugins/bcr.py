@@ -15,12 +15,15 @@ batched matmul over compact groups:
     Yg = batch_matmul(Xg, Wc)                    Wc: ng × kc × (blocks per group · rb)
     y[m, n] = init[m, n] + Yg[grp[n], m, pos[n]] scatter; pruned rows add nothing
 
-By default (``col_group`` unset) every block chooses its own columns, as GRIM
-does: the most accurate choice, run as a ``batch_matmul`` over the blocks, which
-IREE 3.13 runs far slower than one matmul of the same FLOPs (each block packs its
-own gathered input; README "Things measured here"). ``col_group=0`` makes the
-whole layer one group: gather, one ``matmul``, scatter — the fast form, at an
-accuracy cost (measured in the README's bcr row).
+By default (``col_group=0``) the whole layer is one group: gather, one
+``matmul``, scatter. ``col_group`` equal to the block gives every block its own
+columns, as GRIM does, run as a ``batch_matmul`` over the blocks, which IREE
+3.13 runs far slower than one matmul of the same FLOPs (each block packs its
+own gathered input): at bcr's default ratios it made BERT- and ResNet-18-shaped
+models slower than dense, while after ``admm`` it kept no more top-1 than the
+shared columns on the digits models (README "Things measured here"). It keeps
+more where only columns are pruned hard (the digits LSTM at col_keep 0.25,
+row_keep 1).
 
 When every column is kept the gather is dropped and one matmul ``x · Wc``
 (Wc: in × nb·rb) computes all blocks; when every row is kept the scatter is a
@@ -33,7 +36,7 @@ are not built (METHODS.md); a group's kept columns may lie anywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 from torch_mlir import ir
@@ -53,7 +56,7 @@ class BcrOptions(SelectionOptions):
     block: int = option(16, "rows (outputs) per block; a layer whose rows it does not divide is skipped (an error when named in layers/override); 0 = one block of all rows")
     col_keep: float = option(0.5, "fraction of columns (inputs) each block keeps, in (0, 1]")
     row_keep: float = option(0.5, "fraction of rows (outputs) each block keeps, in (0, 1]")
-    col_group: Optional[int] = option(None, "rows (outputs) that share one set of kept columns, a multiple of block; default: block (GRIM's own columns per block, a batched matmul over blocks: the most accurate, slower); 0 = the whole layer (one gather and one matmul: fastest, least accurate)")
+    col_group: int = option(0, "rows (outputs) that share one set of kept columns, a multiple of block; 0 = the whole layer (one gather and one matmul: the fast form); the block size = GRIM's own columns per block (a batched matmul over blocks: slower, more accurate when only columns are pruned hard)")
     score: Literal["auto", "magnitude", "activation"] = option(
         "auto", "importance: weight L2 norm (magnitude) or weight × input-activation norm (activation, needs --calib); auto = activation when --calib is given"
     )
@@ -64,7 +67,7 @@ class BcrOptions(SelectionOptions):
                 raise ValueError(f"{key}={getattr(self, key)}: keep rates must be in (0, 1]")
         if self.block < 0:
             raise ValueError(f"block={self.block}: must be an integer >= 1 (or 0: one block of all rows)")
-        if self.col_group is not None and self.col_group < 0:
+        if self.col_group < 0:
             raise ValueError(f"col_group={self.col_group}: must be an integer >= 1 (a multiple of block, or 0: the whole layer)")
         super().validate()
 
@@ -124,7 +127,7 @@ class Bcr(LayerMethod):
         if block > n or n % block:
             return Skip(SkipReason.DOES_NOT_FIT, f"block={block} does not fit layer {layer.name} ({n} output rows): use a block size "
                         f"dividing {n}, bcr.override={layer.name}:block=N, or bcr.skip={layer.name}")
-        group = block if options.col_group is None else (options.col_group or n)
+        group = options.col_group or n
         if group % block or n % group:
             return Skip(SkipReason.DOES_NOT_FIT, f"col_group={group} does not fit layer {layer.name} ({n} output rows, block {block}): "
                         f"use a multiple of the block dividing {n}, bcr.override={layer.name}:col_group=N, or bcr.skip={layer.name}")

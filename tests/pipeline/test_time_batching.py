@@ -136,7 +136,7 @@ def test_a_form_left_by_a_method_that_is_not_matched_is_skipped_with_the_reason(
     from optc.plugins.bcr import Bcr, BcrOptions
 
     model, p = lowered("lstm_cells")
-    br = Bcr().apply(p, BcrOptions(block=32, col_keep=0.5, row_keep=0.5, layers=("cell.weight_ih",)), MethodContext())
+    br = Bcr().apply(p, BcrOptions(block=32, col_keep=0.5, row_keep=0.5, col_group=32, layers=("cell.weight_ih",)), MethodContext())  # per-block columns: a batch_matmul
     result = time_batch(p)
     change = next(c for c in result.changes if c.layer == "cell.weight_ih")
     assert change.reason == SkipReason.UNSUPPORTED and "batch_matmul" in change.action

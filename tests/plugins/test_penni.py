@@ -227,7 +227,7 @@ def test_bcr_after_penni_block_prunes_the_coefficient_conv_and_admm_still_solves
     penni_macs = p.layer_stats()
     coef = {layer: p.structures[layer].param for layer in ("a.weight", "b.weight")}
     dense_coef = {layer: p.structures[layer].matrix for layer in coef}
-    result = Bcr().apply(p, options_for(Bcr(), {"block": 4, "col_keep": 0.5, "row_keep": 1, "layers": "a.weight,b.weight"}), ctx)
+    result = Bcr().apply(p, options_for(Bcr(), {"block": 4, "col_keep": 0.5, "row_keep": 1, "col_group": 4, "layers": "a.weight,b.weight"}), ctx)
     p.verify()
     c = changes(Run(model, original, p, result))
     assert "penni's coefficient 1×1 conv" in c["b.weight"].action and c["b.weight"].details["in"] == 8 * 3

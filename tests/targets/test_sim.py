@@ -166,7 +166,7 @@ def test_factor_chains_and_compact_blocks_are_simulated_with_their_own_shapes():
 
     _, p = lowered("mlp")  # 4×256 · 256→512→256→10
     LowRank().apply(p, build_options("lowrank", LowRank.Options, {"rank": "32", "layers": "0.weight"}), MethodContext())
-    Bcr().apply(p, build_options("bcr", Bcr.Options, {"block": "128", "col_keep": "0.25", "row_keep": "0.5", "layers": "2.weight"}), MethodContext())
+    Bcr().apply(p, build_options("bcr", Bcr.Options, {"block": "128", "col_keep": "0.25", "row_keep": "0.5", "col_group": "128", "layers": "2.weight"}), MethodContext())
     shapes = [(g.op, g.layer, g.batch, g.gemm.m, g.gemm.n, g.gemm.k) for g in program_gemms(p)]
     assert shapes == [
         ("linalg.matmul", "0.weight", 1, 4, 32, 256),  # x·A
