@@ -310,6 +310,10 @@ def report(report_json, output):
     click.echo(f"wrote {out}")
 
 
+# The issues' accuracy goals allow a method to lose at most 1 point of top-1.
+ACCURACY_WARNING_POINTS = 1.0
+
+
 def _print_summary(report: dict) -> None:
     from collections import Counter
 
@@ -358,9 +362,6 @@ def _print_summary(report: dict) -> None:
             click.echo(f"warning    the artifact's top-1 is {lost:.2f} points below the original's: milder options "
                        "(or --calib for a data-driven method) keep more accuracy")
 
-
-# The issues' accuracy goals allow a method to lose at most 1 point of top-1.
-ACCURACY_WARNING_POINTS = 1.0
 
 
 def _megabytes(n: int) -> str:

@@ -85,9 +85,9 @@ WINOGRAD_TAG = "__winograd_conv"
 # 0.101, digits CNN 0.189 / 0.341, multi-scale digits CNN 0.32 / 0.38 (8.4 M
 # MACs), examples.models:transformer at batch 32 0.565 / 0.481 (17.8 M),
 # digits CNN at batch 4 2.04 / 1.21 (29 M), reference LSTM 10.2 / 5.37 (109 M),
-# ResNet-18 51.0 / 31.3. Above the total, a model whose contractions are small on
-# average is a chain of little dispatches (an unrolled RNN's per-step matvecs)
-# that two workers cannot share well: a 2-layer LSTM (hidden 256, 50 steps, 103
+# ResNet-18 51.0 / 31.3. Above the total, an unrolled RNN whose contractions are
+# small on average is a chain of little dispatches (its per-step matvecs) that
+# two workers cannot share well: a 2-layer LSTM (hidden 256, 50 steps, 103
 # contractions) on local-sync / local-task is 2.15 / 3.12 at batch 1 (41 M MACs,
 # 0.40 M per contraction), 2.65 / 3.13 at batch 2 (0.80 M), 3.46 / 3.74 at batch
 # 4 (1.6 M: a miss), while the reference LSTM (hidden 512, 1.6 M per
