@@ -363,7 +363,6 @@ def _print_summary(report: dict) -> None:
                        "(or --calib for a data-driven method) keep more accuracy")
 
 
-
 def _megabytes(n: int) -> str:
     if n >= 1e6:
         return f"{n / 1e6:.2f} MB"
