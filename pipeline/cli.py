@@ -359,8 +359,8 @@ def _print_summary(report: dict) -> None:
         )
         lost = 100 * (a["original"] - a["artifact"])
         if lost > ACCURACY_WARNING_POINTS:
-            click.echo(f"warning    the artifact's top-1 is {lost:.2f} points below the original's: milder options "
-                       "(or --calib for a data-driven method) keep more accuracy")
+            hint = "milder options keep more" if "calibration" in report else "milder options, or --calib for a data-driven method, keep more"
+            click.echo(f"warning    the artifact's top-1 is {lost:.2f} points below the original's: {hint}")
 
 
 def _megabytes(n: int) -> str:
