@@ -69,10 +69,11 @@ def main() -> None:
             subprocess.run([str(BIN / "optc"), "compile", str(paths["cnn"]), "-o", str(vmfb)], check=True, capture_output=True)
         with np.load(paths["test"], allow_pickle=False) as test:
             images = test["x"]
-        info = json.loads(subprocess.run([str(BIN / "iree-dump-module"), str(vmfb)], capture_output=True, text=True, check=True).stdout.split("optc: ", 1)[1].splitlines()[0])
-        batch = info["inputs"][0]["shape"][0]
-        device = info["target"]["options"].get("driver", "local-task")
-        device = device if device in ("local-sync", "local-task") else "local-task"  # "auto": an artifact from before the choice was recorded
+        from optc.metadata import optc_info, read
+
+        reflection = read(vmfb)
+        batch = optc_info(reflection)["inputs"][0]["shape"][0]
+        device = reflection.get("optc.device", "local-task")  # as the C app: local-task for an artifact from before optc.device
         x = work / "x.npy"
         np.save(x, images[:batch])
         build_proc = subprocess.run(["bash", str(REPO / "scripts" / "build_c_app.sh")], cwd=REPO, capture_output=True, text=True, check=True)

@@ -21,7 +21,7 @@ import numpy as np
 
 from optc.api import build_options
 from optc.calibration import read_arrays
-from optc.metadata import optc_info, read
+from optc.metadata import optc_info, read, recorded_target_options
 from optc.registry import load_registry
 
 
@@ -41,9 +41,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cpu = load_registry().target("cpu")
+
     def options(path: Path):
-        described = optc_info(read(path))["target"]["options"]
-        return build_options("cpu", cpu.Options, {k: str(v) for k, v in described.items() if not isinstance(v, list)})
+        return build_options("cpu", cpu.Options, recorded_target_options(optc_info(read(path))))
 
     sessions = {name: cpu.open(path.read_bytes(), options(path)) for name, path in (("drnet", args.drnet), ("full", args.full))}
     for name, s in sessions.items():

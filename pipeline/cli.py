@@ -388,7 +388,7 @@ def run(artifact, inputs, output, target):
 
     from optc.calibration import Samples
     from optc.lower import check_index_ranges
-    from optc.metadata import optc_info, read
+    from optc.metadata import optc_info, read, recorded_target_options
     from optc.registry import load_registry
     from optc.report import artifact_sha256, load_report, write_bytes_atomic
 
@@ -421,7 +421,7 @@ def run(artifact, inputs, output, target):
     target_options = {}
     if described is not None:
         target = target or described["target"]["name"]
-        target_options = {k: str(v) for k, v in described["target"]["options"].items() if not isinstance(v, list)}
+        target_options = recorded_target_options(described)
         expected = [{"shape": list(s["shape"]), "dtype": s["dtype"]} for s in described["inputs"]]
     # Integer inputs that index a table: their valid range is in the artifact's own
     # metadata (and in the hash-checked report, for artifacts from before it was).

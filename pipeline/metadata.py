@@ -152,6 +152,12 @@ def read(vmfb: bytes | Path, function: str = "main") -> dict[str, str]:
     return dict(fn.reflection)
 
 
+def recorded_target_options(described: dict[str, Any]) -> dict[str, str]:
+    """The target options an artifact's metadata (or report) records, as the strings
+    ``--target-opt`` takes; list-valued ones (extra compiler flags) do not matter to running it."""
+    return {k: str(v) for k, v in described["target"]["options"].items() if not isinstance(v, list)}
+
+
 def optc_info(reflection: dict[str, str]) -> dict[str, Any] | None:
     """optc's metadata from ``read``'s attributes, or None for a module optc did not annotate."""
     text = reflection.get(KEY)
