@@ -348,6 +348,15 @@ class Session:
     def __call__(self, *inputs: "np.ndarray") -> list["np.ndarray"]:
         raise NotImplementedError
 
+    def entry(self, name: str) -> Callable[..., list["np.ndarray"]]:
+        """Another function the loaded module exports, called like the session."""
+        raise NotImplementedError(f"{type(self).__name__} calls only its module's main function")
+
+    def resident(self, arrays: Sequence["np.ndarray"]) -> list[Any]:
+        """``arrays`` placed on the device once, to pass to many calls in their
+        place (a calibration probe's weights); by default the arrays themselves."""
+        return list(arrays)
+
 
 class Target:
     """A compile target: turns a program into an artifact and runs it."""

@@ -14,6 +14,9 @@ reconstruction objective ‖W·X − Ŵ·X‖² and activation-aware scores need
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -23,9 +26,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch_mlir import ir
 from torch_mlir.dialects import func
 
-from optc.api import MethodContext, Plan, Skip
+from optc.api import MethodContext, Plan, Session, Skip
 from optc.errors import InputError, first_line
-from optc.program import Layer, Program, WeightedOp
+from optc.program import Layer, Program, WeightedOp, walk_nested
 
 
 @dataclass
@@ -197,13 +200,108 @@ class _Probe:
     layer: str
     conv: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None  # kernel, strides, dilations
     rows_per_sample: int
+    width: int  # values per row (the layer's in)
+    values_per_sample: int  # of the layer input as the probe returns it
 
 
 @dataclass
 class _CompiledProbe:
-    run: Callable[..., list[np.ndarray]]  # (model inputs…, weights…) -> (model outputs…, layer inputs…)
+    session: Session
     probes: list[_Probe]
     weights: list[str]  # the layers whose weights are arguments, in argument order
+    segments: list["_Segment"]
+    entries: list[Callable[..., list[np.ndarray]]]  # each segment's function
+
+    def segment_of(self, probe: int) -> int:
+        return next(j for j, s in enumerate(self.segments) if probe in s.probes)
+
+
+@dataclass
+class _Cut:
+    """The values live across a segment's first cut, per calibration batch, and
+    the digests of the upstream layers' weights they were computed with."""
+
+    store: "_BatchStore"
+    weights: dict[str, bytes | None]  # layer -> digest of its changed weights (None: original)
+
+    @classmethod
+    def digests(cls, names: Sequence[str], weights: dict[str, np.ndarray]) -> dict[str, bytes | None]:
+        return {n: hashlib.blake2b(np.ascontiguousarray(weights[n]).data, digest_size=16).digest() if n in weights else None for n in names}
+
+    def valid(self, weights: dict[str, np.ndarray]) -> bool:
+        return self.digests(list(self.weights), weights) == self.weights
+
+
+# A product of a few rows (one 7×7 image's 49 patches of 4608 inputs) runs BLAS at a
+# tenth of its speed: rows are gathered to about this many bytes per operand first.
+CHUNK_BYTES = 16 << 20
+
+
+class _Products:
+    """Sums of aᵀ·b over row blocks, for the (key, a, b) pairs of a tuple of row
+    arrays: each product formed in float32 on chunks of at least ``CHUNK_BYTES``
+    of rows (a·aᵀ as a symmetric rank-k update) and added up in ``dtype``."""
+
+    def __init__(self, width: int, pairs: Sequence[tuple[str, int, int]], dtype: Any = np.float64):
+        self.pairs, self.dtype = pairs, dtype
+        self.min_rows = max(1, CHUNK_BYTES // (4 * width))
+        self.pending: list[tuple[np.ndarray, ...]] = []
+        self.rows = 0
+        self.sums: dict[str, np.ndarray] = {}
+
+    def add(self, *rows: np.ndarray) -> None:
+        self.pending.append(rows)
+        self.rows += len(rows[0])
+        if self.rows >= self.min_rows:
+            self.flush()
+
+    def flush(self) -> dict[str, np.ndarray]:
+        if self.pending:
+            chunk = [np.concatenate(column) if len(column) > 1 else column[0] for column in zip(*self.pending)]
+            self.pending, self.rows = [], 0
+            for key, i, j in self.pairs:
+                product = chunk[i].T @ chunk[j]  # i == j: numpy calls syrk for aᵀ·a
+                if key in self.sums:
+                    self.sums[key] += product
+                else:
+                    self.sums[key] = product.astype(self.dtype)
+        return self.sums
+
+
+class _BatchStore:
+    """Arrays per calibration batch in a private temporary folder (the probe's
+    results on the original weights, the values live across a cut): read back
+    instead of running the model again."""
+
+    def __init__(self) -> None:
+        self._folder = tempfile.TemporaryDirectory(prefix="optc-calib-")  # mode 0700
+        self._files: dict[int, Path] = {}
+        self._layout: dict[int, tuple[np.dtype, tuple[int, ...]]] = {}
+
+    def append(self, index: int, x: np.ndarray) -> None:
+        path = self._files.setdefault(index, Path(self._folder.name) / f"{index}.bin")
+        self._layout.setdefault(index, (x.dtype, x.shape))
+        with open(path, "ab") as f:
+            f.write(np.ascontiguousarray(x).tobytes())
+
+    def read(self, indices: Sequence[int], counts: Sequence[int | None]) -> Iterator[list[np.ndarray]]:
+        """The arrays at ``indices``, ``counts[b]`` rows of each for batch b
+        (None: as many as the first array appended there had)."""
+        files = [open(self._files[i], "rb") for i in indices]
+        try:
+            for count in counts:
+                outs = []
+                for i, f in zip(indices, files):
+                    dtype, (rows, *shape) = self._layout[i]
+                    rows = rows if count is None else count
+                    outs.append(np.fromfile(f, dtype=dtype, count=rows * int(np.prod(shape))).reshape(rows, *shape))
+                yield outs
+        finally:
+            for f in files:
+                f.close()
+
+    def close(self) -> None:
+        self._folder.cleanup()
 
 
 @dataclass
@@ -213,34 +311,40 @@ class Calibration:
     One probe program is compiled (on first use) that returns every dense
     layer's input and takes every layer's weights as arguments, so statistics
     under changed weights (``cross``, ``moments``) run the same compiled module
-    again instead of compiling a new one per solved layer."""
+    again instead of compiling a new one per solved layer. The probe is cut
+    into segments between layers; the original weights' results are run once
+    and kept on disk (when half the free space holds them), as are the values
+    at the cuts a changed run crosses, so a sequential solver's next layer runs
+    from the last cut before it, not from the model's inputs."""
 
     samples: Samples
     program: Program
-    compile: Callable[[Program], Callable[..., list[np.ndarray]]]  # program -> runnable
+    compile: Callable[[Program], Session]  # program -> runnable
     _grams: dict[str, np.ndarray] | None = field(default=None, repr=False)
     _probe: _CompiledProbe | None = field(default=None, repr=False)
+    _store: _BatchStore | None = field(default=None, repr=False)
+    _cuts: dict[int, _Cut] = field(default_factory=dict, repr=False)  # segment -> its first cut's values
 
     def measures(self, layer: str) -> bool:
         """Whether ``layer``'s inputs are measured (dense layers; not grouped convolutions)."""
         return layer in _probed_layers(self.program)
 
     def gram(self, layer: str) -> np.ndarray:
-        """E[x·xᵀ] over the input rows x of ``layer`` (in×in, float64); every
-        layer's is measured in one pass on first use and kept."""
+        """E[x·xᵀ] over the input rows x of ``layer`` (in×in, float64): from the
+        stored original results, or (when they do not fit on disk) every layer's
+        measured in one pass on first use and kept."""
         if not self.measures(layer):
             raise KeyError(f"no calibration statistics for layer {layer!r}")
+        probe = self._compiled()
+        if self._stored(probe):
+            return self.moments(layer, {}).goo
         if self._grams is None:
-            probe = self._compiled()
-            sums: dict[str, np.ndarray] = {}
+            # one sum per layer, in float32: half the memory of all the in×in matrices
+            sums = {p.layer: _Products(p.width, [("oo", 0, 0)], np.float32) for p in probe.probes}
             for outs, real in self._run(probe, {}):
                 for p, x in zip(probe.probes, outs):
-                    # every layer's sum in float32 (half the memory of all the in×in
-                    # matrices); each batch's product is formed in float64 and rounded once
-                    _add_moment(sums, p.layer, _rows(x[:real], p), dtype=np.float32)
-            for name, total in sums.items():
-                total /= self._count(probe.probes, name)
-            self._grams = sums
+                    sums[p.layer].add(_rows(x[:real], p))
+            self._grams = {name: total.flush()["oo"] / self._count(probe.probes, name) for name, total in sums.items()}
         return self._grams[layer].astype(np.float64)
 
     def cross(self, layer: str, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -259,44 +363,104 @@ class Calibration:
             raise KeyError(f"no calibration statistics for layer {layer!r}")
         probe = self._compiled()
         at = [i for i, p in enumerate(probe.probes) if p.layer == layer]
-        sums: dict[str, np.ndarray] = {}
-        changed_runs = self._run(probe, weights) if weights else None
-        for outs, real in self._run(probe, {}):
-            changed = next(changed_runs)[0] if changed_runs else outs
-            for i in at:
-                ro = _rows(outs[i][:real], probe.probes[i])
-                rc = _rows(changed[i][:real], probe.probes[i]) if weights else ro
-                _add_moment(sums, "oo", ro)
-                if weights:
-                    _add_moment(sums, "cc", rc)
-                    _add_moment(sums, "oc", ro, rc)
+        sums = _Products(probe.probes[at[0]].width, [("oo", 0, 0), ("cc", 1, 1), ("oc", 0, 1)] if weights else [("oo", 0, 0)])
+        self._stored(probe)  # the original results before the changed run: it can then start at a stored cut
+        originals = self._originals(probe, at)
+        # the changed run first: zip then runs it to its end, where it keeps the cuts it stored
+        pairs = zip(self._run(probe, weights, at), originals) if weights else (((None, real), (outs, real)) for outs, real in originals)
+        for (changed, _), (outs, real) in pairs:
+            for k, i in enumerate(at):
+                rows = [_rows(outs[k][:real], probe.probes[i])]
+                if changed is not None:
+                    rows.append(_rows(changed[k][:real], probe.probes[i]))
+                sums.add(*rows)
         n = self._count(probe.probes, layer)
-        for m in sums.values():
+        totals = sums.flush()
+        for m in totals.values():
             m /= n
-        return LayerData(sums["oo"], sums["cc"], sums["oc"]) if weights else LayerData.same(sums["oo"])
+        return LayerData(totals["oo"], totals["cc"], totals["oc"]) if weights else LayerData.same(totals["oo"])
 
     def release(self) -> None:
         """Drop the kept Gram matrices (measured again on next use): a sequential
         solver measures each layer itself and needs the memory for its own."""
         self._grams = None
 
+    def close(self) -> None:
+        """Drop everything measured and kept (stored results, the compiled probe)."""
+        self.release()
+        for stored in [self._store, *(c.store for c in self._cuts.values())]:
+            if stored is not None:
+                stored.close()
+        self._store, self._cuts, self._probe = None, {}, None
+
     def _compiled(self) -> _CompiledProbe:
         if self._probe is None:
-            program, probes, weights = _probe_program(self.program)
-            self._probe = _CompiledProbe(self.compile(program), probes, weights)
+            program, probes, weights, segments = _probe_program(self.program)
+            session = self.compile(program)
+            self._probe = _CompiledProbe(session, probes, weights, segments, [session.entry(s.func) for s in segments])
         return self._probe
 
-    def _run(self, probe: _CompiledProbe, weights: dict[str, np.ndarray]) -> Iterator[tuple[list[np.ndarray], int]]:
-        """The probe's extra results (layer inputs) per calibration batch, with
-        the layers in ``weights`` computing with those arrays."""
+    def _stored(self, probe: _CompiledProbe) -> bool:
+        """Whether the original weights' results are in the store: on first use,
+        the original model is run once into it when half the free disk space holds them."""
+        if self._store is None:
+            size = sum(p.values_per_sample for p in probe.probes) * 4 * len(self.samples)
+            if size <= shutil.disk_usage(tempfile.gettempdir()).free // 2:
+                store = _BatchStore()
+                for outs, real in self._run(probe, {}):
+                    for i, x in enumerate(outs):
+                        store.append(i, x[:real])
+                self._store = store
+        return self._store is not None
+
+    def _originals(self, probe: _CompiledProbe, indices: Sequence[int]) -> Iterator[tuple[list[np.ndarray], int]]:
+        """The probe's results at ``indices`` on the original weights, per calibration batch."""
+        if self._stored(probe):
+            batches = [real for _, real in self.samples.batches(self._batch)]
+            yield from zip(self._store.read(indices, batches), batches)
+        else:
+            yield from self._run(probe, {}, indices)
+
+    def _run(self, probe: _CompiledProbe, weights: dict[str, np.ndarray], indices: Sequence[int] | None = None) -> Iterator[tuple[list[np.ndarray], int]]:
+        """The probe's results at ``indices`` (default: all) per calibration batch,
+        with the layers in ``weights`` computing with those arrays. Once the
+        original results are stored, the run starts at the last cut before those
+        results whose stored values are valid for ``weights``, and stores the
+        cuts it crosses up to there, for the next layer a sequential solver asks for."""
         unknown = set(weights) - set(probe.weights)
         if unknown:
             raise KeyError(f"layer(s) {', '.join(sorted(unknown))} have no weights the calibration probe can change")
         params = self.program.params
         args = [np.ascontiguousarray(weights[name], dtype=params[name].dtype) if name in weights else params[name] for name in probe.weights]
-        n_out = len(_return_op(self.program).operands)
-        for chunk, real in self.samples.batches(self.program.example_inputs[0].shape[0]):
-            yield probe.run(*chunk, *args)[n_out:], real
+        args = probe.session.resident(args)  # uploaded once for every batch, not copied per call
+        indices = list(range(len(probe.probes))) if indices is None else list(indices)
+        first = min(probe.segment_of(i) for i in indices)
+        last = max(probe.segment_of(i) for i in indices)
+        start, kept = 0, {}
+        if self._store is not None:
+            start = max((j for j, cut in self._cuts.items() if j <= first and cut.valid(weights)), default=0)
+            for j in [j for j in self._cuts if j != start]:  # solving in order, none is needed again
+                self._cuts.pop(j).store.close()
+            kept = {j: _Cut(_BatchStore(), _Cut.digests(probe.segments[j].upstream, weights)) for j in range(start + 1, first + 1)}
+        batches = list(self.samples.batches(self._batch))
+        cut_values = self._cuts[start].store.read(range(probe.segments[start].live_in), [None] * len(batches)) if start else None
+        for chunk, real in batches:
+            live = next(cut_values) if cut_values is not None else []
+            outs: dict[int, np.ndarray] = {}
+            for j in range(start, last + 1):
+                segment = probe.segments[j]
+                results = probe.entries[j](*chunk, *args, *live)
+                live = results[:segment.live_out]
+                outs.update(zip(segment.probes, results[segment.live_out:]))
+                if j + 1 in kept:
+                    for m, x in enumerate(live):
+                        kept[j + 1].store.append(m, x)
+            yield [outs[i] for i in indices], real
+        self._cuts.update(kept)
+
+    @property
+    def _batch(self) -> int:
+        return self.program.example_inputs[0].shape[0]
 
     def _count(self, probes: list[_Probe], layer: str) -> int:
         """Rows per layer: samples × rows per sample × uses of the layer."""
@@ -370,18 +534,9 @@ def solve_in_order(
     return plans
 
 
-def _add_moment(sums: dict[str, np.ndarray], key: str, a: np.ndarray, b: np.ndarray | None = None, dtype: Any = np.float64) -> None:
-    """sums[key] += aᵀ·b (b = a), in place: one in×in temporary, not two."""
-    product = a.T @ (a if b is None else b)
-    if key in sums:
-        sums[key] += product
-    else:
-        sums[key] = product.astype(dtype, copy=False)
-
-
 def _rows(x: np.ndarray, p: _Probe) -> np.ndarray:
-    """The layer input as rows (float64): matmul rows, or im2col patches."""
-    x = x.astype(np.float64)
+    """The layer input as rows (float32): matmul rows, or im2col patches."""
+    x = x.astype(np.float32, copy=False)
     if p.conv is None:
         return x.reshape(-1, x.shape[-1])
     (kh, kw), (sh, sw), (dh, dw) = p.conv
@@ -389,10 +544,6 @@ def _rows(x: np.ndarray, p: _Probe) -> np.ndarray:
     patches = win[:, :, ::sh, ::sw, ::dh, ::dw]  # N, C, OH, OW, KH, KW
     n, c, oh, ow = patches.shape[:4]
     return patches.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
-
-
-def _return_op(program: Program) -> ir.Operation:
-    return list(program.ops())[-1]
 
 
 def _probed_layers(program: Program) -> set[str]:
@@ -403,34 +554,139 @@ def _probed(w: WeightedOp) -> bool:
     return w.matrix_form() is None and w.groups == 1  # statistics are per dense layer
 
 
-def _probe_program(program: Program) -> tuple[Program, list[_Probe], list[str]]:
+def _probe_program(program: Program) -> tuple[Program, list[_Probe], list[str], list[_Segment]]:
     """A copy of ``program`` that takes every layer's weights as arguments after
-    the model's inputs and also returns the input of every dense layer op."""
+    the model's inputs, cut into segments that return the input of every dense
+    layer op (see ``_split``)."""
     probe = program.clone()
-    probes, extra = [], []
+    probes, probed_ops = [], []
     batch = program.example_inputs[0].shape[0]
     for w in probe.weighted_ops():
         if _probed(w):
             conv = _conv_geometry(w) if w.kind == "conv2d" else None
             per_sample = (np.prod(w.output_shape[2:]) if conv else np.prod(w.input_shape[:-1])) // batch
-            probes.append(_Probe(w.layer, conv, int(per_sample)))
-            extra.append(w.op.operands[0])
+            width = w.input_shape[1] * int(np.prod(w.weight_shape[2:])) if conv else w.input_shape[-1]
+            probes.append(_Probe(w.layer, conv, int(per_sample), int(width), int(np.prod(w.input_shape)) // batch))
+            probed_ops.append(w.op)
     weights = list(dict.fromkeys(w.param for w in probe.weighted_ops() if w.param == w.layer))
-    fn = probe.func
     with probe.context, ir.Location.unknown():
         for name in weights:
             const = probe.constant_op(name)
             arg = probe.body.add_argument(const.results[0].type, ir.Location.unknown())
             const.results[0].replace_all_uses_with(arg)
             const.erase()
-        ret = _return_op(probe)
-        values = list(ret.operands) + extra
-        func.ReturnOp(values, ip=ir.InsertionPoint(ret))
-        ret.erase()
-        inputs = [a.type for a in probe.body.arguments]
-        fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, [v.type for v in values]))
-    probe.erase_dead()
-    return probe, probes, weights
+        probe.func.attributes["function_type"] = ir.TypeAttr.get(
+            ir.FunctionType.get([a.type for a in probe.body.arguments], probe.function_type.results))
+    segments = _split(probe, probed_ops, [p.layer for p in probes], weights, len(program.example_inputs))
+    return probe, probes, weights, segments
+
+
+@dataclass
+class _Segment:
+    """A function of the probe module: the ops between two cuts of the model.
+    It takes (model inputs…, weights…, the values live across its first cut…)
+    and returns (the values live across its last cut…, its probes' layer inputs…)."""
+
+    func: str
+    live_in: int
+    live_out: int
+    probes: list[int]  # indices into the probe list, in the order returned
+    upstream: list[str]  # the weights the values it takes at its first cut depend on
+
+
+def _split(probe: Program, probed_ops: list[ir.Operation], layers: list[str], weights: list[str], n_inputs: int) -> list[_Segment]:
+    """Cut ``probe``'s function (in place) into segment functions, between layers:
+    at a point between two layers' ops (no layer has ops on both sides) where the
+    model-input-dependent values live across it take the fewest bytes. Solving
+    layers in order then runs only the segments from the last cut before the
+    layer, from that cut's stored values (``Calibration.moments``)."""
+    fn, body = probe.func, probe.body
+    ops = list(probe.ops())
+    top_index = {op: i for i, op in enumerate(ops)}
+    ops.pop()  # the model's outputs are not the probe's: the return's reads keep nothing live
+
+    def top(op: Any) -> int:
+        op = op.operation  # an OpView or an Operation
+        while op not in top_index:
+            op = op.parent
+        return top_index[op]
+
+    def reads(i: int) -> Iterator[ir.Value]:
+        for nested in [ops[i], *walk_nested(ops[i])]:
+            yield from nested.operands
+
+    # which ops depend on the model inputs, and on which weights
+    dependent: set[int] = set()
+    upstream: list[set[str]] = []
+    for i in range(len(ops)):
+        upstream.append(set())
+        for v in reads(i):
+            if isinstance(v, ir.BlockArgument):
+                if v.owner == body and v.arg_number < n_inputs:
+                    dependent.add(i)
+                elif v.owner == body:
+                    upstream[i].add(weights[v.arg_number - n_inputs])
+            elif (t := top(v.owner)) != i:
+                upstream[i] |= upstream[t]
+                if t in dependent:
+                    dependent.add(i)
+    last_use: dict[tuple[int, int], int] = {}
+    for d in sorted(dependent):
+        for r, result in enumerate(ops[d].results):
+            uses = [t for u in result.uses if (t := top(u.owner)) < len(ops)]
+            if uses:
+                last_use[(d, r)] = max(uses)
+
+    def live(c: int) -> list[tuple[int, int]]:
+        return sorted(k for k, last in last_use.items() if k[0] < c <= last)
+
+    def nbytes(keys: list[tuple[int, int]]) -> int:
+        return sum(_tensor_bytes(ops[d].results[r].type) for d, r in keys)
+
+    # clean gaps between layers, and the cheapest cut in each
+    at = [top(op) for op in probed_ops]
+    order = sorted(range(len(at)), key=lambda k: at[k])
+    cuts = [0]
+    for a, b in zip(order, order[1:]):
+        if at[a] == at[b]:
+            continue
+        before = {layers[k] for k in order if at[k] <= at[a]}
+        after = {layers[k] for k in order if at[k] >= at[b]}
+        if before & after:
+            continue
+        cuts.append(min(range(at[a] + 1, at[b] + 1), key=lambda c: (nbytes(live(c)), -c)))
+    cuts.append(len(ops))
+
+    segments = []
+    with probe.context, ir.Location.unknown():
+        fn.attributes["sym_name"] = ir.StringAttr.get("probe")  # its segments take the names
+        for j, (start, end) in enumerate(zip(cuts, cuts[1:])):
+            name = f"segment{j}" if j else "main"  # a session opens a module at its main
+            clone = fn.clone(ip=ir.InsertionPoint(fn))
+            clone.attributes["sym_name"] = ir.StringAttr.get(name)
+            cbody = clone.regions[0].blocks[0]
+            cops = [op.operation for op in cbody.operations]
+            live_in, live_out = live(start), live(end) if end < len(ops) else []
+            args = {}
+            for d, r in live_in:
+                args[(d, r)] = arg = cbody.add_argument(cops[d].results[r].type, ir.Location.unknown())
+                cops[d].results[r].replace_all_uses_with(arg)
+            mine = [k for k in range(len(at)) if start <= at[k] < end]
+            values = [args.get((d, r)) or cops[d].results[r] for d, r in live_out] + [cops[at[k]].operands[0] for k in mine]
+            func.ReturnOp(values, ip=ir.InsertionPoint(cops[-1]))
+            cops[-1].erase()
+            clone.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get([a.type for a in cbody.arguments], [v.type for v in values]))
+            probe.function(name).erase_dead()
+            reach = set().union(*(upstream[d] for d, _ in live_in))
+            segments.append(_Segment(name, len(live_in), len(live_out), mine, [w for w in weights if w in reach]))
+        fn.erase()
+    probe.func_name = segments[0].func
+    return segments
+
+
+def _tensor_bytes(t: ir.Type) -> int:
+    shaped = ir.ShapedType(t)
+    return int(np.prod(shaped.shape)) * max(1, ir.ShapedType(t).element_type.width // 8) if shaped.has_static_shape else 1 << 40
 
 
 def _conv_geometry(w: WeightedOp) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:

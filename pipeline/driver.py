@@ -208,7 +208,11 @@ def compile_model(
     else:
         program = original.clone()
     ctx = MethodContext(calibration=Calibration(samples, original, _host_runner) if samples else None, dump_dir=dump_dir, progress=progress, model=loaded)
-    results = apply_methods(program, sel.methods, ctx, progress=log)
+    try:
+        results = apply_methods(program, sel.methods, ctx, progress=log)
+    finally:
+        if ctx.calibration is not None:
+            ctx.calibration.close()  # its stored results and probe module, before the big compile
     if time_batching:  # after the methods: see optc.time_batching; every variant, the described one reported
         from optc.report import rows_variant
 

@@ -401,7 +401,7 @@ class Program:
         """The functions this program's function calls (a module holding variants
         chosen at run time, e.g. drnet's resolutions), in order of first call."""
         names: list[str] = []
-        for op in _walk(self.func):
+        for op in walk_nested(self.func):
             if op.name == "func.call":
                 callee = ir.FlatSymbolRefAttr(op.attributes["callee"]).value
                 if callee not in names:
@@ -426,7 +426,7 @@ class Program:
     def referenced_params(self) -> list[str]:
         """Parameters some function of the module reads (variants share one copy)."""
         names = []
-        for op in _walk(self.module.operation):
+        for op in walk_nested(self.module.operation):
             if op.name == "arith.constant":
                 name = resource_name(op.attributes["value"])
                 if name is not None and name in self.params:
@@ -485,7 +485,7 @@ class Program:
                 continue  # a second constant of one function keeps its own name, as before
             if held.dtype != array.dtype or held.shape != array.shape or not np.array_equal(held, array):
                 continue
-            for op in _walk(self.module.operation):
+            for op in walk_nested(self.module.operation):
                 if op.name == "arith.constant" and resource_name(op.attributes["value"]) == held_name:
                     return op.attributes["value"]
         return None
@@ -544,7 +544,7 @@ class Program:
         constants are bound to the same (read-only) arrays again."""
         with self.context, ir.Location.unknown():
             shell = self.module.operation.clone()  # same context: attributes shared, nothing copied
-            for op in _walk(shell):
+            for op in walk_nested(shell):
                 name = _param_blob(op, self.params)
                 if name is not None:
                     ttype = ir.RankedTensorType(op.results[0].type)
@@ -554,7 +554,7 @@ class Program:
         shell.write_bytecode(buf)
         module = ir.Module.parse(buf.getvalue(), context=_torch_mlir_context())
         with module.context:
-            for op in _walk(module.operation):
+            for op in walk_nested(module.operation):
                 if _BLOB_MARK in op.attributes:
                     name = ir.StringAttr(op.attributes[_BLOB_MARK]).value
                     del op.attributes[_BLOB_MARK]
@@ -692,13 +692,13 @@ def _zero(etype: ir.Type) -> ir.Attribute:
         return ir.FloatAttr.get(etype, 0.0)
 
 
-def _walk(root: ir.Operation) -> Iterator[ir.Operation]:
+def walk_nested(root: ir.Operation) -> Iterator[ir.Operation]:
     """Every op nested in ``root`` (regions of scf.if, other functions …), pre-order."""
     for region in root.regions:
         for block in region.blocks:
             for op in block.operations:
                 yield op.operation
-                yield from _walk(op.operation)
+                yield from walk_nested(op.operation)
 
 
 def _torch_mlir_context() -> ir.Context:

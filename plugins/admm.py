@@ -50,7 +50,7 @@ class AdmmOptions(SelectionOptions):
     n: int = option(2, "N:M: keep n of every m consecutive inputs")
     m: int = option(4, "N:M: group size m along the inputs")
     quant: Literal["none", "int8", "int4"] = option("none", "also constrain weights to per-output-channel int8/int4 levels and store them narrow")
-    iterations: int = option(40, "ADMM iterations per layer")
+    iterations: int = option(40, "ADMM iterations per layer (none are needed, and none run, inside a fixed mask without quant: the masked least squares is the optimum)")
     rho: float = option(0.05, "initial penalty ρ, relative to the mean of diag(G); multiplied by 1.2 each iteration")
     damp: float = option(0.01, "added to diag(G), relative to its mean, so that rank-deficient inputs still solve")
     sequential: bool = option(True, "solve layers in program order, each on the inputs the already-solved layers produce (one calibration run per layer)")
@@ -85,14 +85,15 @@ def admm(
     Returns the feasible iterate with the lowest objective, and the objective of
     every feasible iterate Z_0 = Π(W), Z_1, … (the history the tests check)."""
     w = w.astype(np.float64)
-    g = _damped(d.gcc, damp)
-    evals, q = np.linalg.eigh(g)
-    target = w @ d.goc  # the Ŵ-step solves Ŵ·(G̃ + ρI) = W·E[x·x̃ᵀ] + ρ(Z − U)
     z = project(w)
-    u = np.zeros_like(w)
     error = reconstruction_error(w, d)
     history = [error(z)]
     best, best_obj = z, history[0]
+    if not iterations:
+        return best, history
+    evals, q = np.linalg.eigh(_damped(d.gcc, damp))
+    target = w @ d.goc  # the Ŵ-step solves Ŵ·(G̃ + ρI) = W·E[x·x̃ᵀ] + ρ(Z − U)
+    u = np.zeros_like(w)
     r = rho * (float(np.mean(np.diag(d.gcc))) or 1.0)
     for _ in range(iterations):
         w_hat = (((target + r * (z - u)) @ q) / (evals + r)) @ q.T
@@ -204,7 +205,11 @@ class Admm(LayerMethod):
             mask_of = lambda v: nm_mask(v, options.n, options.m)  # noqa: E731
         else:
             mask_of = lambda v: np.ones(v.shape, dtype=bool)  # noqa: E731
-        z, history = admm(matrix, data, projection(mask_of, bits), options.iterations, options.rho, options.damp)
+        # a fixed mask without levels is a linear subspace: the problem is convex and its optimum is
+        # the masked least squares below, so ADMM's iterations could only approach it (and cost
+        # two in×in products each: most of a calibrated bcr,admm compile)
+        iterations = 0 if fixed is not None and not bits else options.iterations
+        z, history = admm(matrix, data, projection(mask_of, bits), iterations, options.rho, options.damp)
         mask = fixed if fixed is not None else z != 0
         quantized = quantize(z.astype(np.float32), bits) if bits else None
         dense = quantized.dequantized() if quantized else masked_least_squares(matrix, data, mask, options.damp).astype(np.float32)
@@ -214,7 +219,7 @@ class Admm(LayerMethod):
             "objective_first": history[0],
             "objective_admm": min(history),
             "objective_final": objective(matrix, dense, data),
-            "iterations": options.iterations,
+            "iterations": iterations,
             "sequential": options.sequential,
         }
         action = f"solved by ADMM ({_describe(mode, fixed is not None, options)}{', ' + options.quant if bits else ''})"

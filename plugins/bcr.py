@@ -85,17 +85,11 @@ def choose_blocks(
     w = matrix.astype(np.float64)
     col_score = (w.reshape(n // group, group, k) ** 2).sum(axis=1) * (np.diag(gram)[None, :] if gram is not None else 1.0)
     cols = np.sort(np.argsort(-col_score, axis=1, kind="stable")[:, :kc], axis=1)
-    w = w.reshape(nb, block, k)
-    rows = np.empty((nb, rb), dtype=np.int64)
-    for b in range(nb):
-        gcols = cols[b * block // group]
-        wb = w[b][:, gcols]
-        if gram is not None:
-            g = gram[np.ix_(gcols, gcols)]
-            row_score = np.einsum("rc,cd,rd->r", wb, g, wb)
-        else:
-            row_score = (wb**2).sum(axis=1)
-        rows[b] = np.sort(np.argsort(-row_score, kind="stable")[:rb])
+    row_score = np.empty(n)
+    for gi, gcols in enumerate(cols):  # one matrix product per group (not per block: BLAS, not einsum's loops)
+        wg = w[gi * group:(gi + 1) * group][:, gcols]
+        row_score[gi * group:(gi + 1) * group] = ((wg @ gram[np.ix_(gcols, gcols)]) * wg).sum(axis=1) if gram is not None else (wg**2).sum(axis=1)
+    rows = np.sort(np.argsort(-row_score.reshape(nb, block), axis=1, kind="stable")[:, :rb], axis=1)
     return cols, rows
 
 

@@ -79,6 +79,7 @@ class IreeSession(Session):
     ):
         import iree.runtime as rt
 
+        self._rt = rt
         self.driver = driver
         self.config = rt.Config(driver)
         self.context = rt.SystemContext(config=self.config)
@@ -98,9 +99,19 @@ class IreeSession(Session):
     def device(self) -> Any:
         return self.config.device
 
-    def invoke(self, *inputs: np.ndarray) -> Any:
+    def invoke(self, *inputs: Any) -> Any:
         """Run without copying results back (for timing)."""
-        return self._fn(*[np.ascontiguousarray(x) for x in inputs])
+        return self._fn(*self._arguments(inputs))
+
+    def entry(self, name: str) -> Callable[..., list[np.ndarray]]:
+        fn = self.context.modules.module[name]
+        return lambda *inputs: self.fetch(fn(*self._arguments(inputs)))
+
+    def _arguments(self, inputs: Sequence[Any]) -> list[Any]:
+        return [x if isinstance(x, self._rt.DeviceArray) else np.ascontiguousarray(x) for x in inputs]
+
+    def resident(self, arrays: Sequence[np.ndarray]) -> list[Any]:
+        return [self._rt.asdevicearray(self.device, np.ascontiguousarray(a)) for a in arrays]
 
     def fetch(self, raw: Any) -> list[np.ndarray]:
         results = raw if isinstance(raw, (tuple, list)) else [raw]

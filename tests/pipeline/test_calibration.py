@@ -117,6 +117,67 @@ def test_statistics_under_changed_weights_reuse_one_compiled_probe():
     assert len(compiled) == 1
 
 
+class CountingSession:
+    """A session that counts the calls of each function of its module."""
+
+    def __init__(self, session, calls):
+        self.session, self.calls = session, calls
+
+    def resident(self, arrays):
+        return self.session.resident(arrays)
+
+    def entry(self, name):
+        fn = self.session.entry(name)
+
+        def call(*inputs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return fn(*inputs)
+
+        return call
+
+
+@pytest.mark.parametrize("model", ["transformer", "cnn"])
+def test_sequential_moments_start_at_stored_cuts_and_equal_full_runs(monkeypatch, model):
+    """Solving layers in order, each changed run starts at the last stored cut
+    before the layer (the model's first segment runs only to store the
+    originals and for the first changed layer), and the moments equal those of
+    running the whole model every time (no room on disk for the stored results)."""
+    import optc.calibration as calibration
+
+    monkeypatch.setattr(calibration, "CHUNK_BYTES", 4096)  # several products per sum
+    _, p = lowered(model)
+    shape, dtype = p.example_inputs[0].shape, p.example_inputs[0].dtype
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 100, size=(5, *shape[1:])).astype(dtype) if dtype.kind == "i" else rng.normal(size=(5, *shape[1:])).astype(dtype)
+    calls: dict[str, int] = {}
+    stored = Calibration(Samples(Path("x"), [x], None), p, lambda program: CountingSession(_host_runner(program), calls))
+    layers = [layer.name for layer in p.layers() if stored.measures(layer.name)]
+    assert len(layers) >= 3
+    solved, incremental = {}, []
+    for name in layers:
+        incremental.append(stored.moments(name, dict(solved)))
+        solved[name] = p.params[name] * 0.9
+    assert len(stored._probe.segments) == len(layers)  # a cut between every two layers
+    assert calls["main"] == 2 * len(x)
+    stored.close()
+
+    monkeypatch.setattr(calibration.shutil, "disk_usage", lambda path: shutil_usage(0))
+    whole = Calibration(Samples(Path("x"), [x], None), p, _host_runner)
+    solved = {}
+    for name, d in zip(layers, incremental):
+        full = whole.moments(name, dict(solved))
+        for a, b in ((d.goo, full.goo), (d.gcc, full.gcc), (d.goc, full.goc)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        solved[name] = p.params[name] * 0.9
+    assert whole._store is None and not whole._cuts
+
+
+def shutil_usage(free):
+    import shutil
+
+    return shutil._ntuple_diskusage(1 << 40, (1 << 40) - free, free)
+
+
 def test_objective_is_the_relative_output_error():
     rng = np.random.default_rng(3)
     x, xc = rng.normal(size=(50, 7)), rng.normal(size=(50, 7))

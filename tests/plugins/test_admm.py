@@ -122,6 +122,25 @@ def test_admm_inside_bcr_structure_beats_bcr_alone():
     assert check.compile_error.max_rel <= 1e-4, check
 
 
+def test_inside_a_fixed_mask_without_levels_the_exact_optimum_is_taken_without_iterations():
+    model, p = lowered("mlp")
+    cal = calibration_for(p)
+    ctx = MethodContext(calibration=cal)
+    original = {layer.name: layer.matrix() for layer in p.layers()}
+    Bcr().apply(p, build_options("bcr", Bcr.Options, {"block": "2", "col_keep": "0.25", "row_keep": "0.5"}), ctx)
+    masks = {layer: s.mask() for layer, s in p.structures.items()}
+    result = run_admm(p, ctx, sequential="false")
+    assert len(result.changes) == 3
+    for change in result.changes:
+        w, mask, d = original[change.layer], masks[change.layer], LayerData.same(cal.gram(change.layer))
+        assert change.details["iterations"] == 0, change
+        exact = masked_least_squares(w, d, mask, damp=0.01)
+        np.testing.assert_allclose(result.reference_weights[change.layer], exact, rtol=1e-3, atol=1e-5)
+        # 40 ADMM iterations in the same constraint set reach no lower objective
+        best, _ = admm(w, d, projection(lambda v, m=mask: m, None), 40, 0.05, 0.01)
+        assert change.details["objective_final"] <= objective(w, best, d) * (1 + 1e-6)
+
+
 def test_unstructured_density_is_what_was_asked():
     model, p = lowered("mlp")
     result = run_admm(p, MethodContext(calibration=calibration_for(p)), prune="unstructured", density=0.3, iterations=10)
