@@ -10,7 +10,7 @@ from typing import Any
 from optc.api import Artifact, Session, Target, option
 from optc.errors import CompileError
 from optc.hookspecs import hookimpl
-from optc.program import Program
+from optc.program import Program, walk_nested
 
 from optc.targets.iree_common import IreeSession, compile_program
 
@@ -106,7 +106,7 @@ _CPU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 @dataclass
 class CpuOptions:
     cpu: str = option("host", "LLVM CPU name to generate code for (host = this machine)")
-    fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs); falls back to the safe set if it fails")
+    fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs) and depthwise convs as sums of taps; falls back to the safe set if it fails")
     winograd: int = option(WINOGRAD_MIN_OUTPUT, "with fast: Winograd F(6x6,3x3) for 3x3 stride-1 convs whose output is at least this many pixels on each side (0 = never)")
     flags: tuple[str, ...] = option((), "extra IREE compiler flags, comma-separated (for experiments; see benchmarks/cpu_flags.py)")
     driver: str = option("auto", f"IREE runtime driver the artifact is run with: local-task (a pool of worker threads), local-sync (the calling thread), or auto: local-sync when one call of the model (its largest variant) does under {SYNC_MAX_MACS // 1_000_000} M MACs or it is an unrolled RNN whose contractions average under {SYNC_MAX_MEAN_MACS // 1_000_000} M MACs, else local-task; written into the artifact's metadata")
@@ -139,7 +139,7 @@ class CpuTarget(Target):
 
     def compile(self, program: Program, options: Any) -> Artifact:
         try:
-            prepared, tagged = prepare_winograd(program, options.winograd if options.fast else 0)
+            prepared, tagged = prepare_winograd(depthwise_as_taps(program) if options.fast else program, options.winograd if options.fast else 0)
             artifact = compile_program(prepared, self.name, "llvm-cpu", self.flags(options, winograd=tagged > 0), options)
         except CompileError as fast_error:
             if not options.fast:
@@ -231,6 +231,53 @@ def prepare_winograd(program: Program, min_output: int) -> tuple[Program, int]:
             conv = zero_start.owner
         conv.attributes[WINOGRAD_TAG] = ir.UnitAttr.get(copy.context)
     return copy, len(convs)
+
+
+def depthwise_as_taps(program: Program) -> Program:
+    """A copy of ``program`` in which every NCHW depthwise conv is one elementwise
+    ``linalg.generic`` over its KH·KW taps, channels-last: out = init + Σ
+    x[.., oh·sh + i·dh, ow·sw + j·dw, c]·w[c, i, j], each tap a strided slice
+    of the (padded) image, between transposes that IREE folds into the
+    neighbouring channels-last convs; ``program`` itself when it has none.
+
+    IREE 3.13 runs the named op at about 1.6 GMAC/s: one 1×144×58×58 3×3
+    depthwise conv took 2.56 ms (NHWC named op 5.28 ms; NCHW taps 0.205 ms;
+    iree-benchmark-module, local-sync, fast flags, 2026-12-05). In
+    MobileNetV2 IREE propagated the convs' transposes into NCHW taps anyway:
+    the model ran 12.9 ms that way and 11.5 ms with channels-last taps, 14.5 ms
+    with the named op (``optc bench``, 2 threads)."""
+    from torch_mlir import ir
+
+    from optc.builder import Builder
+
+    def found(p: Program) -> list[Any]:
+        return [op for op in walk_nested(p.module.operation) if op.name == "linalg.depthwise_conv_2d_nchw_chw"]
+
+    if not found(program):
+        return program
+    copy = program.clone()
+    for conv in found(copy):
+        x, weight, init = conv.operands
+        strides = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["strides"])]
+        dilations = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["dilations"])]
+        n, c, oh, ow = init.type.shape
+        taps = [(i, j) for i in range(weight.type.shape[1]) for j in range(weight.type.shape[2])]
+        with Builder(copy, before=conv) as b:
+            xt = b.transpose(x, [0, 2, 3, 1])
+            images = [b.slice(xt, [0, i * dilations[0], j * dilations[1], 0], [n, oh, ow, c], [1, *strides, 1]) for i, j in taps]
+            maps = [m for i, j in taps for m in ("(n, h, w, c) -> (n, h, w, c)", f"(n, h, w, c) -> (c, {i}, {j})")]
+
+            def body(*args: ir.Value) -> ir.Value:
+                total = args[-1]
+                for t in range(len(taps)):
+                    total = b.add(total, b.mul(args[2 * t], args[2 * t + 1]))
+                return total
+
+            summed = b.generic([v for image in images for v in (image, weight)], b.transpose(init, [0, 2, 3, 1]), maps + ["(n, h, w, c) -> (n, h, w, c)"], body)
+            out = b.transpose(summed, [0, 3, 1, 2])
+        conv.results[0].replace_all_uses_with(out)
+        conv.erase()
+    return copy
 
 
 @hookimpl

@@ -139,6 +139,26 @@ def conv_kinds() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return _ConvKinds().eval(), (torch.randn(1, 4, 30, 30),)
 
 
+class _DepthwiseKinds(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.plain = nn.Conv2d(8, 8, 3, padding=1, groups=8)  # with a bias
+        self.strided = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=False)
+        self.dilated = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=False)
+        self.wide = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+        self.tall = nn.Conv2d(8, 8, (3, 1), padding=(1, 0), groups=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.strided(torch.relu(self.plain(x))))
+        return self.tall(self.wide(self.dilated(y)))
+
+
+def depthwise_kinds() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """Depthwise convs of each geometry the cpu target rewrites as taps."""
+    torch.manual_seed(0)
+    return _DepthwiseKinds().eval(), (torch.randn(1, 8, 17, 17),)
+
+
 class _SequenceFirst(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -289,3 +289,24 @@ def test_driver_option_is_validated():
     assert build_options("cpu", CpuOptions, {"driver": "local-sync"}).driver == "local-sync"
     with pytest.raises(OptionError, match="driver='cuda': expected one of auto, local-task, local-sync"):
         build_options("cpu", CpuOptions, {"driver": "cuda"})
+
+
+def test_depthwise_convs_become_taps_of_strided_slices_and_match_eager():
+    from optc.targets.cpu import depthwise_as_taps
+
+    model, p = _probe("depthwise_kinds")
+    before = p.to_text()
+    assert before.count("linalg.depthwise_conv_2d_nchw_chw") == 5
+    prepared = depthwise_as_taps(p)
+    text = prepared.to_text()
+    assert "depthwise_conv" not in text
+    assert text.count("tensor.extract_slice") == 9 + 9 + 9 + 25 + 3  # one per tap
+    assert "[1, 2, 2, 1]" in text  # the strided conv's taps are strided slices (channels last)
+    assert p.to_text() == before  # the program itself is left as it was
+    _, dense = _probe("conv_kinds")
+    assert depthwise_as_taps(dense) is dense
+    t = CpuTarget()
+    for options in (CpuOptions(), CpuOptions(fast=False)):  # taps (fast) and IREE's named op (safe)
+        art = t.compile(p, options)
+        err = compare(t.open(art.vmfb, options)(*p.example_inputs), eager_outputs(model.module, p.example_inputs))
+        assert err.max_rel <= 1e-5, (options, err)
