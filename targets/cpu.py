@@ -236,16 +236,17 @@ def prepare_winograd(program: Program, min_output: int) -> tuple[Program, int]:
 def depthwise_as_taps(program: Program) -> Program:
     """A copy of ``program`` in which every NCHW depthwise conv is one elementwise
     ``linalg.generic`` over its KH·KW taps, channels-last: out = init + Σ
-    x[.., oh·sh + i·dh, ow·sw + j·dw, c]·w[c, i, j], each tap a strided slice
-    of the (padded) image, between transposes that IREE folds into the
-    neighbouring channels-last convs; ``program`` itself when it has none.
+    x[.., oh·sh + i·dh, ow·sw + j·dw, c]·w[i, j, c], each tap a strided slice
+    of the (padded) image and its own weight vector, between transposes that
+    IREE folds into the neighbouring channels-last convs; ``program`` itself
+    when it has none.
 
     IREE 3.13 runs the named op at about 1.6 GMAC/s: one 1×144×58×58 3×3
-    depthwise conv took 2.56 ms (NHWC named op 5.28 ms; NCHW taps 0.205 ms;
-    iree-benchmark-module, local-sync, fast flags, 2026-12-05). In
-    MobileNetV2 IREE propagated the convs' transposes into NCHW taps anyway:
-    the model ran 12.9 ms that way and 11.5 ms with channels-last taps, 14.5 ms
-    with the named op (``optc bench``, 2 threads)."""
+    depthwise conv took 2.56 ms (NHWC named op 5.28 ms), as NHWC taps
+    0.239 ms (iree-benchmark-module, local-sync, fast flags, 2026-12-05).
+    Weights indexed by a map with constant taps, (c, i, j), left the generic
+    scalar (0.88–1.0 ms). MobileNetV2 went from 14.5 ms to 8.6 ms (``optc
+    bench``, 2 threads)."""
     from torch_mlir import ir
 
     from optc.builder import Builder
@@ -263,9 +264,11 @@ def depthwise_as_taps(program: Program) -> Program:
         n, c, oh, ow = init.type.shape
         taps = [(i, j) for i in range(weight.type.shape[1]) for j in range(weight.type.shape[2])]
         with Builder(copy, before=conv) as b:
-            xt = b.transpose(x, [0, 2, 3, 1])
+            xt, wt = b.transpose(x, [0, 2, 3, 1]), b.transpose(weight, [1, 2, 0])
             images = [b.slice(xt, [0, i * dilations[0], j * dilations[1], 0], [n, oh, ow, c], [1, *strides, 1]) for i, j in taps]
-            maps = [m for i, j in taps for m in ("(n, h, w, c) -> (n, h, w, c)", f"(n, h, w, c) -> (c, {i}, {j})")]
+            # one weight vector per tap: a map with constant indices (c, i, j) left IREE's generic scalar
+            kernels = [b.collapse(b.slice(wt, [i, j, 0], [1, 1, c]), [[0, 1, 2]]) for i, j in taps]
+            maps = [m for _ in taps for m in ("(n, h, w, c) -> (n, h, w, c)", "(n, h, w, c) -> (c)")]
 
             def body(*args: ir.Value) -> ir.Value:
                 total = args[-1]
@@ -273,7 +276,7 @@ def depthwise_as_taps(program: Program) -> Program:
                     total = b.add(total, b.mul(args[2 * t], args[2 * t + 1]))
                 return total
 
-            summed = b.generic([v for image in images for v in (image, weight)], b.transpose(init, [0, 2, 3, 1]), maps + ["(n, h, w, c) -> (n, h, w, c)"], body)
+            summed = b.generic([v for pair in zip(images, kernels) for v in pair], b.transpose(init, [0, 2, 3, 1]), maps + ["(n, h, w, c) -> (n, h, w, c)"], body)
             out = b.transpose(summed, [0, 3, 1, 2])
         conv.results[0].replace_all_uses_with(out)
         conv.erase()

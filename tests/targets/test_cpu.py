@@ -300,7 +300,7 @@ def test_depthwise_convs_become_taps_of_strided_slices_and_match_eager():
     prepared = depthwise_as_taps(p)
     text = prepared.to_text()
     assert "depthwise_conv" not in text
-    assert text.count("tensor.extract_slice") == 9 + 9 + 9 + 25 + 3  # one per tap
+    assert text.count("tensor.extract_slice") == 2 * (9 + 9 + 9 + 25 + 3)  # per tap: its image and its weights
     assert "[1, 2, 2, 1]" in text  # the strided conv's taps are strided slices (channels last)
     assert p.to_text() == before  # the program itself is left as it was
     _, dense = _probe("conv_kinds")
