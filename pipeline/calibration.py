@@ -640,21 +640,22 @@ def _split(probe: Program, probed_ops: list[ir.Operation], layers: list[str], we
     def live(c: int) -> list[tuple[int, int]]:
         return sorted(k for k, last in last_use.items() if k[0] < c <= last)
 
-    def nbytes(keys: list[tuple[int, int]]) -> int:
-        return sum(_tensor_bytes(ops[d].results[r].type) for d, r in keys)
+    live_bytes = np.zeros(len(ops) + 2, dtype=np.int64)  # bytes live across each point, by a sweep
+    for (d, r), last in last_use.items():
+        live_bytes[d + 1] += _tensor_bytes(ops[d].results[r].type)
+        live_bytes[last + 1] -= _tensor_bytes(ops[d].results[r].type)
+    live_bytes = np.cumsum(live_bytes)
 
     # clean gaps between layers, and the cheapest cut in each
     at = [top(op) for op in probed_ops]
     order = sorted(range(len(at)), key=lambda k: at[k])
-    cuts = [0]
+    last_op = {layers[k]: at[k] for k in order}  # each layer's last op
+    cuts, reach = [0], -1  # reach: the last op of any layer seen so far
     for a, b in zip(order, order[1:]):
-        if at[a] == at[b]:
+        reach = max(reach, last_op[layers[a]])
+        if at[a] == at[b] or reach >= at[b]:  # no cut inside a layer's ops
             continue
-        before = {layers[k] for k in order if at[k] <= at[a]}
-        after = {layers[k] for k in order if at[k] >= at[b]}
-        if before & after:
-            continue
-        cuts.append(min(range(at[a] + 1, at[b] + 1), key=lambda c: (nbytes(live(c)), -c)))
+        cuts.append(min(range(at[a] + 1, at[b] + 1), key=lambda c: (live_bytes[c], -c)))
     cuts.append(len(ops))
 
     segments = []
