@@ -2,6 +2,7 @@
 third-party plugin installed with pip."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -121,7 +122,9 @@ def test_mobile_profile_artifact_is_verified_through_a_portable_build(tmp_path):
 
 def test_third_party_plugin_installs_registers_and_runs(tmp_path):
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    pkg = REPO / "examples" / "optc_fp16_plugin"
+    # installed from a copy: a build in the source tree leaves build/ and an .egg-info there, which
+    # made the next run's registry (tests put the plugin's folder on sys.path) list fp16
+    pkg = shutil.copytree(REPO / "examples" / "optc_fp16_plugin", tmp_path / "optc_fp16_plugin", ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", str(pkg)], check=True, capture_output=True)
     try:
         listing = optc_cli("plugins", check=True).stdout
