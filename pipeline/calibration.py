@@ -28,7 +28,7 @@ from torch_mlir.dialects import func
 
 from optc.api import MethodContext, Plan, Session, Skip
 from optc.errors import InputError, first_line
-from optc.program import Layer, Program, WeightedOp, walk_nested
+from optc.program import Layer, Program, WeightedOp, operands_from_outside
 
 
 @dataclass
@@ -599,8 +599,8 @@ def _split(probe: Program, probed_ops: list[ir.Operation], layers: list[str], we
     at a point between two layers' ops (no layer has ops on both sides) where the
     model-input-dependent values live across it take the fewest bytes. Solving
     layers in order then runs only the segments from the last cut before the
-    layer, from that cut's stored values (``Calibration.moments``)."""
-    fn, body = probe.func, probe.body
+    layer, from that cut's stored values (``Calibration._run``)."""
+    fn = probe.func
     ops = list(probe.ops())
     top_index = {op: i for i, op in enumerate(ops)}
     ops.pop()  # the model's outputs are not the probe's: the return's reads keep nothing live
@@ -611,22 +611,19 @@ def _split(probe: Program, probed_ops: list[ir.Operation], layers: list[str], we
             op = op.parent
         return top_index[op]
 
-    def reads(i: int) -> Iterator[ir.Value]:
-        for nested in [ops[i], *walk_nested(ops[i])]:
-            yield from nested.operands
-
     # which ops depend on the model inputs, and on which weights
     dependent: set[int] = set()
     upstream: list[set[str]] = []
     for i in range(len(ops)):
         upstream.append(set())
-        for v in reads(i):
-            if isinstance(v, ir.BlockArgument):
-                if v.owner == body and v.arg_number < n_inputs:
+        for v in operands_from_outside(ops[i]):
+            if isinstance(v, ir.BlockArgument):  # of the function: a model input or a weight
+                if v.arg_number < n_inputs:
                     dependent.add(i)
-                elif v.owner == body:
+                else:
                     upstream[i].add(weights[v.arg_number - n_inputs])
-            elif (t := top(v.owner)) != i:
+            else:
+                t = top(v.owner)
                 upstream[i] |= upstream[t]
                 if t in dependent:
                     dependent.add(i)
@@ -678,8 +675,8 @@ def _split(probe: Program, probed_ops: list[ir.Operation], layers: list[str], we
             cops[-1].erase()
             clone.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get([a.type for a in cbody.arguments], [v.type for v in values]))
             probe.function(name).erase_dead()
-            reach = set().union(*(upstream[d] for d, _ in live_in))
-            segments.append(_Segment(name, len(live_in), len(live_out), mine, [w for w in weights if w in reach]))
+            depends = set().union(*(upstream[d] for d, _ in live_in))
+            segments.append(_Segment(name, len(live_in), len(live_out), mine, [w for w in weights if w in depends]))
         fn.erase()
     probe.func_name = segments[0].func
     return segments
@@ -687,7 +684,7 @@ def _split(probe: Program, probed_ops: list[ir.Operation], layers: list[str], we
 
 def _tensor_bytes(t: ir.Type) -> int:
     shaped = ir.ShapedType(t)
-    return int(np.prod(shaped.shape)) * max(1, ir.ShapedType(t).element_type.width // 8) if shaped.has_static_shape else 1 << 40
+    return int(np.prod(shaped.shape)) * max(1, shaped.element_type.width // 8) if shaped.has_static_shape else 1 << 40
 
 
 def _conv_geometry(w: WeightedOp) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:

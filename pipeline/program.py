@@ -701,6 +701,23 @@ def walk_nested(root: ir.Operation) -> Iterator[ir.Operation]:
                 yield from walk_nested(op.operation)
 
 
+def operands_from_outside(op: ir.Operation) -> list[ir.Value]:
+    """``op``'s operands plus the values its regions capture from above (a
+    gather's ``tensor.extract`` reads a tensor defined outside its generic)."""
+    values = list(op.operands)
+    inner: set[Any] = set()
+    for nested in walk_nested(op):
+        inner.update(nested.results)
+        for region in nested.regions:
+            for block in region.blocks:
+                inner.update(block.arguments)
+        values.extend(nested.operands)
+    for region in op.regions:
+        for block in region.blocks:
+            inner.update(block.arguments)
+    return [v for v in values if v not in inner]
+
+
 def _torch_mlir_context() -> ir.Context:
     """A fresh context that knows every dialect torch-mlir's linalg output can hold.
     A bare ``ir.Context()`` has only upstream dialects: ``tm_tensor`` (sort, scatter,

@@ -28,13 +28,11 @@ decomposition: their input projection is one op and nothing is done.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch_mlir import ir
 
 from optc.api import LayerChange, MethodResult, Skip, SkipReason
 from optc.builder import shape_of
-from optc.program import Program, WeightedOp
+from optc.program import Program, WeightedOp, operands_from_outside
 
 NAME = "time_batching"
 _PURE_PREFIXES = ("arith.", "linalg.", "tensor.", "math.")
@@ -153,7 +151,7 @@ class TimeBatchRewrite:
             if owner in members or not owner.name.startswith(_PURE_PREFIXES):
                 raise _Recurrent()
             needed.add(owner)
-            stack.extend(_operands_from_outside(owner))
+            stack.extend(operands_from_outside(owner))
         return needed
 
     # ------------------------------------------------------------ rewrite
@@ -192,27 +190,6 @@ def _defining_op(value: ir.Value) -> ir.Operation | None:
     if isinstance(owner, (ir.OpView, ir.Operation)):
         return owner.operation
     return None
-
-
-def _operands_from_outside(op: ir.Operation) -> list[ir.Value]:
-    """``op``'s operands plus the values its regions capture from above (a
-    gather's ``tensor.extract`` reads a tensor defined outside its generic)."""
-    values = list(op.operands)
-    inner: set[Any] = set()
-
-    def walk(o: ir.Operation) -> None:
-        for region in o.regions:
-            for block in region.blocks:
-                for arg in block.arguments:
-                    inner.add(arg)
-                for nested in block.operations:
-                    for r in nested.results:
-                        inner.add(r)
-                    values.extend(v for v in nested.operands)
-                    walk(nested.operation)
-
-    walk(op)
-    return [v for v in values if v not in inner]
 
 
 def is_zero_fill(value: ir.Value) -> bool:

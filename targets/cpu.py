@@ -182,23 +182,17 @@ def winograd_convs(program: Program, min_output: int) -> list[Any]:
     from torch_mlir import ir
 
     found: list[Any] = []
-
-    def visit(op: Any) -> None:
-        for region in op.regions:
-            for block in region.blocks:
-                for nested in block.operations:
-                    visit(nested.operation)
+    if min_output <= 0:
+        return found
+    for op in walk_nested(program.module.operation):
         if op.name != "linalg.conv_2d_nchw_fchw":
-            return
+            continue
         strides = list(ir.DenseIntElementsAttr(op.attributes["strides"]))
         dilations = list(ir.DenseIntElementsAttr(op.attributes["dilations"]))
         (out_ch, in_ch, *kernel_hw), out_hw = op.operands[1].type.shape, op.results[0].type.shape[2:]
         wide = min(out_ch, in_ch) >= WINOGRAD_MIN_CHANNELS
         if kernel_hw == [3, 3] and strides == [1, 1] and dilations == [1, 1] and min(out_hw) >= min_output and wide:
             found.append(op)
-
-    if min_output > 0:
-        visit(program.module.operation)
     return found
 
 
