@@ -37,7 +37,7 @@ import numpy as np
 from torch_mlir import ir
 from torch_mlir.dialects import arith, linalg, tensor
 
-from optc.program import CONTRACTIONS, Program, WeightedOp, resource_name, shape_of
+from optc.program import CONTRACTIONS, Program, WeightedOp, reassociation, resource_name, shape_of
 
 __all__ = ["Why", "NotPrunable", "Role", "ChannelUse", "ChannelGroup", "channel_groups", "prune_channels"]
 
@@ -178,10 +178,6 @@ def _split_groups(groups: list[list[int]], fine_shape: tuple[int, ...], coarse_d
     return dims
 
 
-def _reassociation(op: ir.Operation) -> list[list[int]]:
-    return [[ir.IntegerAttr(d).value for d in ir.ArrayAttr(g)] for g in ir.ArrayAttr(op.attributes["reassociation"])]
-
-
 def _dense_i64(op: ir.Operation, name: str) -> list[int]:
     return list(ir.DenseI64ArrayAttr(op.attributes[name]))
 
@@ -276,9 +272,9 @@ def _backward_dims(op: ir.Operation, result_dims: dict[int, np.ndarray]) -> list
             found.append((k, dims))
         return found
     if name == "tensor.expand_shape":
-        return [(0, _merge_groups(_reassociation(op), shape_of(op.results[0]), result_dims))]
+        return [(0, _merge_groups(reassociation(op), shape_of(op.results[0]), result_dims))]
     if name == "tensor.collapse_shape":
-        return [(0, _split_groups(_reassociation(op), shape_of(op.operands[0]), result_dims))]
+        return [(0, _split_groups(reassociation(op), shape_of(op.operands[0]), result_dims))]
     if name == "tensor.pad":
         low, high = _dense_i64(op, "static_low"), _dense_i64(op, "static_high")
         if any(low[d] or high[d] for d in result_dims):
@@ -465,9 +461,9 @@ class _Analysis:
         operands = list(op.operands)
         src = self._activation_dims(operands[0]) if operands else {}
         if name == "tensor.expand_shape":
-            self._set(op.results[0], _split_groups(_reassociation(op), shape_of(op.results[0]), src))
+            self._set(op.results[0], _split_groups(reassociation(op), shape_of(op.results[0]), src))
         elif name == "tensor.collapse_shape":
-            self._set(op.results[0], _merge_groups(_reassociation(op), shape_of(operands[0]), src))
+            self._set(op.results[0], _merge_groups(reassociation(op), shape_of(operands[0]), src))
         elif name == "tensor.pad":
             low, high = _dense_i64(op, "static_low"), _dense_i64(op, "static_high")
             if any(low[d] or high[d] for d in src):

@@ -72,6 +72,11 @@ def resource_name(attr: ir.Attribute) -> str | None:
     return m.group(1) if m else None
 
 
+def reassociation(op: ir.Operation) -> list[list[int]]:
+    """The dim groups of a ``tensor.collapse_shape`` / ``tensor.expand_shape``."""
+    return [[ir.IntegerAttr(d).value for d in ir.ArrayAttr(g)] for g in ir.ArrayAttr(op.attributes["reassociation"])]
+
+
 def _is_dim(expr: Any) -> bool:
     try:
         ir.AffineDimExpr(expr)

@@ -10,7 +10,7 @@ from typing import Any
 from optc.api import Artifact, Session, Target, option
 from optc.errors import CompileError
 from optc.hookspecs import hookimpl
-from optc.program import Program, walk_nested
+from optc.program import Program, reassociation, walk_nested
 
 from optc.targets.iree_common import IreeSession, compile_program
 
@@ -106,7 +106,7 @@ _CPU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 @dataclass
 class CpuOptions:
     cpu: str = option("host", "LLVM CPU name to generate code for (host = this machine)")
-    fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs) and depthwise convs as sums of taps; falls back to the safe set if it fails")
+    fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs), and depthwise convs, one-input-channel convs and max pools as elementwise ops over their taps; falls back to the safe set if it fails")
     winograd: int = option(WINOGRAD_MIN_OUTPUT, "with fast: Winograd F(6x6,3x3) for 3x3 stride-1 convs whose output is at least this many pixels on each side (0 = never)")
     flags: tuple[str, ...] = option((), "extra IREE compiler flags, comma-separated (for experiments; see benchmarks/cpu_flags.py)")
     driver: str = option("auto", f"IREE runtime driver the artifact is run with: local-task (a pool of worker threads), local-sync (the calling thread), or auto: local-sync when one call of the model (its largest variant) does under {SYNC_MAX_MACS // 1_000_000} M MACs or it is an unrolled RNN whose contractions average under {SYNC_MAX_MEAN_MACS // 1_000_000} M MACs, else local-task; written into the artifact's metadata")
@@ -139,7 +139,7 @@ class CpuTarget(Target):
 
     def compile(self, program: Program, options: Any) -> Artifact:
         try:
-            prepared, tagged = prepare_winograd(depthwise_as_taps(program) if options.fast else program, options.winograd if options.fast else 0)
+            prepared, tagged = prepare_winograd(max_pools_as_taps(single_channel_convs_as_taps(depthwise_as_taps(program))) if options.fast else program, options.winograd if options.fast else 0)
             artifact = compile_program(prepared, self.name, "llvm-cpu", self.flags(options, winograd=tagged > 0), options)
         except CompileError as fast_error:
             if not options.fast:
@@ -241,8 +241,6 @@ def depthwise_as_taps(program: Program) -> Program:
     Weights indexed by a map with constant taps, (c, i, j), left the generic
     scalar (0.88–1.0 ms). MobileNetV2 went from 14.5 ms to 8.6 ms (``optc
     bench``, 2 threads)."""
-    from torch_mlir import ir
-
     from optc.builder import Builder
 
     def found(p: Program) -> list[Any]:
@@ -253,28 +251,165 @@ def depthwise_as_taps(program: Program) -> Program:
     copy = program.clone()
     for conv in found(copy):
         x, weight, init = conv.operands
-        strides = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["strides"])]
-        dilations = [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["dilations"])]
+        strides, dilations = _conv_geometry(conv)
         n, c, oh, ow = init.type.shape
-        taps = [(i, j) for i in range(weight.type.shape[1]) for j in range(weight.type.shape[2])]
+        taps = _taps(weight.type.shape[1:])
         with Builder(copy, before=conv) as b:
             xt, wt = b.transpose(x, [0, 2, 3, 1]), b.transpose(weight, [1, 2, 0])
             images = [b.slice(xt, [0, i * dilations[0], j * dilations[1], 0], [n, oh, ow, c], [1, *strides, 1]) for i, j in taps]
             # one weight vector per tap: a map with constant indices (c, i, j) left IREE's generic scalar
             kernels = [b.collapse(b.slice(wt, [i, j, 0], [1, 1, c]), [[0, 1, 2]]) for i, j in taps]
-            maps = [m for _ in taps for m in ("(n, h, w, c) -> (n, h, w, c)", "(n, h, w, c) -> (c)")]
-
-            def body(*args: ir.Value) -> ir.Value:
-                total = args[-1]
-                for t in range(len(taps)):
-                    total = b.add(total, b.mul(args[2 * t], args[2 * t + 1]))
-                return total
-
-            summed = b.generic([v for pair in zip(images, kernels) for v in pair], b.transpose(init, [0, 2, 3, 1]), maps + ["(n, h, w, c) -> (n, h, w, c)"], body)
+            summed = _sum_of_taps(b, images, kernels, "(n, h, w, c) -> (n, h, w, c)", "(n, h, w, c) -> (c)", b.transpose(init, [0, 2, 3, 1]))
             out = b.transpose(summed, [0, 3, 1, 2])
         conv.results[0].replace_all_uses_with(out)
         conv.erase()
     return copy
+
+
+def single_channel_convs_as_taps(program: Program) -> Program:
+    """A copy of ``program`` in which every NCHW conv with one input channel and a
+    KH×KW > 1 kernel (a bank of F filters over each image) is one elementwise
+    ``linalg.generic`` over its taps, each tap a strided slice of the image
+    and the F filters' weights at that tap; ``program`` itself when it has none.
+
+    penni's basis stage is such a conv over the N·C channels of an image
+    viewed as one-channel images, its F = nb maps per channel viewed back as
+    N × C·nb channels. That form is recognized and computed channels-last on
+    the image itself, (n, oh, ow, c, b), the layout the following 1×1
+    coefficient conv reads, so IREE fuses the taps into that matmul's operand
+    packing and the C·nb maps never go to memory unpacked. ResNet-18-shaped,
+    penni.bases=4 (iree-benchmark-module median, 2 threads, 2026-12-05): 25.3
+    ms with IREE's im2col conv, 15.0 ms with the taps on the one-channel view
+    (their own dispatch), 14.4 ms fused; dense 30.5 ms."""
+    from optc.builder import Builder
+    from optc.time_batching import is_zero_fill
+
+    def found(p: Program) -> list[Any]:
+        return [op for op in walk_nested(p.module.operation) if op.name == "linalg.conv_2d_nchw_fchw"
+                and op.operands[1].type.shape[1] == 1 and op.operands[1].type.shape[2] * op.operands[1].type.shape[3] > 1]
+
+    if not found(program):
+        return program
+    copy = program.clone()
+    for conv in found(copy):
+        x, weight, init = conv.operands
+        strides, dilations = _conv_geometry(conv)
+        n, f, oh, ow = init.type.shape
+        taps = _taps(weight.type.shape[2:])
+        channels = _channels_as_images(conv) if is_zero_fill(init) else None
+        with Builder(copy, before=conv) as b:
+            wt = b.transpose(b.collapse(weight, [[0, 1], [2], [3]]), [1, 2, 0])
+            kernels = [b.collapse(b.slice(wt, [i, j, 0], [1, 1, f]), [[0, 1, 2]]) for i, j in taps]
+            if channels is None:
+                image = b.collapse(x, [[0, 1], [2], [3]])
+                images = [b.slice(image, [0, i * dilations[0], j * dilations[1]], [n, oh, ow], [1, *strides]) for i, j in taps]
+                out = _sum_of_taps(b, images, kernels, "(n, f, h, w) -> (n, h, w)", "(n, f, h, w) -> (f)", init)
+                conv.results[0].replace_all_uses_with(out)
+                conv.erase()
+                continue
+            image, maps = channels
+            batch, c = image.type.shape[:2]
+            xt = b.transpose(image, [0, 2, 3, 1])
+            images = [b.slice(xt, [0, i * dilations[0], j * dilations[1], 0], [batch, oh, ow, c], [1, *strides, 1]) for i, j in taps]
+            summed = _sum_of_taps(b, images, kernels, "(n, h, w, c, f) -> (n, h, w, c)", "(n, h, w, c, f) -> (f)",
+                                  b.zeros([batch, oh, ow, c, f], image))
+            out = b.transpose(b.collapse(summed, [[0], [1], [2], [3, 4]]), [0, 3, 1, 2])
+        flat = maps.operands[0].owner
+        maps.results[0].replace_all_uses_with(out)
+        for op in (maps, flat.operation, conv):
+            op.erase()
+    return copy
+
+
+def max_pools_as_taps(program: Program) -> Program:
+    """A copy of ``program`` in which every NCHW max pool is one elementwise
+    ``linalg.generic`` over its window, channels-last: out = max(init, max over
+    the taps of x[.., oh·sh + i·dh, ow·sw + j·dw, c]), each tap a strided slice;
+    ``program`` itself when it has none. IREE 3.13 ran ResNet-18's 3×3
+    stride-2 pool of 1×64×112×112 as its named op in 0.88 ms, 7% of the
+    penni-decomposed model (benchmarks/profile_dispatches.py, 2 threads)."""
+    from torch_mlir.dialects import arith
+
+    from optc.builder import Builder
+
+    def found(p: Program) -> list[Any]:
+        return [op for op in walk_nested(p.module.operation) if op.name == "linalg.pooling_nchw_max"]
+
+    if not found(program):
+        return program
+    copy = program.clone()
+    for pool in found(copy):
+        x, window, init = pool.operands
+        strides, dilations = _conv_geometry(pool)
+        n, c, oh, ow = init.type.shape
+        taps = _taps(window.type.shape)
+        with Builder(copy, before=pool) as b:
+            xt = b.transpose(x, [0, 2, 3, 1])
+            images = [b.slice(xt, [0, i * dilations[0], j * dilations[1], 0], [n, oh, ow, c], [1, *strides, 1]) for i, j in taps]
+
+            def body(*args: Any) -> Any:
+                largest = args[-1]
+                for tap in args[:-1]:
+                    largest = arith.MaximumFOp(largest, tap).result
+                return largest
+
+            loops = "(n, h, w, c) -> (n, h, w, c)"
+            largest = b.generic(images, b.transpose(init, [0, 2, 3, 1]), [loops] * (len(taps) + 1), body)
+            out = b.transpose(largest, [0, 3, 1, 2])
+        pool.results[0].replace_all_uses_with(out)
+        pool.erase()
+    return copy
+
+
+def _channels_as_images(conv: Any) -> tuple[Any, Any] | None:
+    """For a one-input-channel conv over an N×C×H×W image viewed as N·C one-channel
+    images, whose N·C×F maps are viewed back as N × C·F channels (penni's basis
+    stage): (the image, the op giving the N × C·F view); else None."""
+    from torch_mlir import ir
+
+    def only_user(value: Any) -> Any:
+        users = [u.owner for u in value.uses]
+        return users[0] if len(users) == 1 else None
+
+    def reshape(op: Any, name: str) -> bool:
+        return isinstance(op, ir.OpView) and op.name == name and reassociation(op) == [[0, 1], [2], [3]]
+
+    split = conv.operands[0].owner
+    merged = split.operands[0].owner if reshape(split, "tensor.expand_shape") else None
+    if not reshape(merged, "tensor.collapse_shape"):
+        return None
+    flat = only_user(conv.results[0])
+    view = only_user(flat.results[0]) if reshape(flat, "tensor.collapse_shape") else None
+    if not reshape(view, "tensor.expand_shape"):
+        return None
+    return merged.operands[0], view.operation
+
+
+def _conv_geometry(conv: Any) -> tuple[list[int], list[int]]:
+    """(strides, dilations) of a named linalg conv."""
+    from torch_mlir import ir
+
+    return ([int(v) for v in ir.DenseIntElementsAttr(conv.attributes["strides"])],
+            [int(v) for v in ir.DenseIntElementsAttr(conv.attributes["dilations"])])
+
+
+def _taps(kernel_hw: Any) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(kernel_hw[0]) for j in range(kernel_hw[1])]
+
+
+def _sum_of_taps(b: Any, images: list[Any], kernels: list[Any], image_map: str, kernel_map: str, init: Any) -> Any:
+    """init + Σ_t images[t]·kernels[t]: one elementwise generic, every tap's image and
+    weights its own operands (the output map is the identity of ``image_map``'s loops)."""
+    loops = image_map.split(" -> ")[0]
+    maps = [m for _ in images for m in (image_map, kernel_map)] + [f"{loops} -> {loops}"]
+
+    def body(*args: Any) -> Any:
+        total = args[-1]
+        for t in range(len(images)):
+            total = b.add(total, b.mul(args[2 * t], args[2 * t + 1]))
+        return total
+
+    return b.generic([v for pair in zip(images, kernels) for v in pair], init, maps, body)
 
 
 @hookimpl
