@@ -20,10 +20,10 @@ from optc.targets.cpu import FAST_FLAGS, CpuOptions  # noqa: E402
 
 IM2COL = "--iree-global-opt-use-im2col-for-convs"
 CHANNELS_LAST = "iree-preprocessing-convert-conv-to-channels-last"
-# IREE's Winograd pass on every 3x3 stride-1 dilation-1 conv (the target's
-# default runs it only on the convs targets/cpu.py tags: see WINOGRAD_MIN_OUTPUT).
+# IREE's own Winograd pass on every 3x3 stride-1 dilation-1 conv (the target's
+# default writes Winograd's algorithm as linalg ops itself, on the convs
+# targets/cpu.py:winograd_convs() selects: see WINOGRAD_MIN_OUTPUT).
 WINOGRAD_ALL = "iree-linalg-ext-convert-conv2d-to-winograd{replace-all-convs=true}"
-WINOGRAD_TAGGED = "iree-linalg-ext-convert-conv2d-to-winograd"
 
 
 def pipeline(*passes: str) -> str:
@@ -32,7 +32,7 @@ def pipeline(*passes: str) -> str:
 
 def flag_set(drop: tuple[str, ...] = (), preprocessing: tuple[str, ...] | None = None, add: tuple[str, ...] = ()) -> CpuOptions:
     """The cpu target's fast flags without ``drop``, with another preprocessing
-    pipeline (its passes), plus ``add``; no conv is tagged for Winograd."""
+    pipeline (its passes), plus ``add``; no conv is rewritten for Winograd (fast=False)."""
     flags = [f for f in FAST_FLAGS if f not in drop and not (preprocessing is not None and f.startswith("--iree-preprocessing-pass-pipeline"))]
     if preprocessing:
         flags.append(pipeline(*preprocessing))
@@ -50,7 +50,7 @@ FLAG_SETS: dict[str, CpuOptions] = {
     "default": CpuOptions(),
     "default without winograd": CpuOptions(winograd=0),
     "default with winograd >= 56x56": CpuOptions(winograd=56),
-    "default with winograd >= 14x14": CpuOptions(winograd=14),
+    "default with winograd >= 28x28": CpuOptions(winograd=28),
     "default with winograd >= 7x7": CpuOptions(winograd=7),
     # IREE folds the transpose that splits a fused q/k/v projection into the
     # matmul, turning one 128x768x256 matmul into a 3x128x256x256 batch. BERT-
@@ -78,7 +78,8 @@ FLAG_SETS: dict[str, CpuOptions] = {
     #   + winograd on tagged convs (>= 56x56) + hoisted      1.20x   run 4, 48.2 MiB
     #   + winograd on tagged convs (>= 28x28) + hoisted      1.61x, 1.43x (runs 4, 2), 58.5 MiB
     #   + winograd on tagged convs (>= 14x14) + hoisted      1.52x   run 3
-    # The >= 28x28 row became the target's default ("default").
+    # The >= 28x28 row became the target's default, with IREE's pass on tagged
+    # convs; since 2026-12-05 the target writes Winograd as linalg ops, >= 14x14.
     "no im2col": flag_set(drop=(IM2COL,)),
     "no im2col + conv data tiling": flag_set(drop=(IM2COL,), add=tuple(
         f"--iree-dispatch-creation-experimental-set-data-tiling-ops={ops}" for ops in ("matmul", "scaled_matmul", "convolution"))),

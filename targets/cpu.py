@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from optc.api import Artifact, Session, Target, option
 from optc.errors import CompileError
 from optc.hookspecs import hookimpl
@@ -33,19 +35,21 @@ from optc.targets.iree_common import IreeSession, compile_program
 # the fast set turns it off explicitly. Should the fast set still fail on some
 # module, compile() retries with the safe set and the report says so.
 #
-# Winograd: IREE's F(6x6, 3x3) rewrite (8x8 input tiles) of the 3x3 stride-1
-# convs that prepare_winograd() marks with ``__winograd_conv`` — those whose output
-# is at least WINOGRAD_MIN_OUTPUT on each side. Smaller outputs pay for padding
-# to 6x6 tiles (7x7 -> 12x12) and read 7.1x more filter bytes per tile, so they
-# stay on im2col. It runs before channels-last, on torch's NCHW convs.
-# ResNet-18-shaped, batch 1, 2 threads, benchmarks/cpu_flags.py, one interleaved
-# run with other processes at 0% (2026-11-23): eager 39.77 ms; Winograd >= 28x28
-# 39.95, >= 14x14 39.39, >= 7x7 42.37, none 48.61 (1.22x slower). Earlier busy
-# runs: 1.43x and 1.61x at >= 28x28, 1.20x at >= 56x56, 1.52x at >= 14x14.
-# IREE 3.13's pass drops the conv's initial value (torch's bias), so
-# prepare_winograd() moves a bias out of each tagged conv.
-_PREPROCESSING = ("builtin.module(util.func(iree-linalg-ext-convert-conv2d-to-winograd,"
-                  "iree-preprocessing-convert-conv-to-channels-last))")
+# Winograd (winograd_as_linalg()): 3x3 stride-1 convs with at least
+# WINOGRAD_MIN_CHANNELS inputs and WINOGRAD_MIN_OUT_CHANNELS outputs whose
+# output is at least WINOGRAD_MIN_OUTPUT on each side, written as linalg ops:
+# F(6x6, 3x3) (8x8 tiles) from WINOGRAD_F6_MIN_OUTPUT up, F(4x4, 3x3) (6x6
+# tiles) below it, where 6x6 output tiles would pad 14x14 to 18x18. Smaller
+# outputs stay on im2col: at 7x7 the transformed filters are 4x (F(4x4)) the
+# 3x3 ones and the 512-channel layers are weight-bound at batch 1.
+# IREE 3.13's own Winograd pass (iree-linalg-ext-convert-conv2d-to-winograd,
+# used until 2026-12-05) tiles its input transform one (tile, channel) pair at
+# a time: 0.87 ms per launch on ResNet-18's 1x64x56x56 layer input, while the
+# two separable tap sums here take 0.08 ms each (benchmarks/profile_dispatches.py,
+# 2 threads). ResNet-18-shaped dense, iree-benchmark-module median: IREE's pass
+# 26.8 ms, these ops at >= 28x28 23.8, and with F(4x4) at 14x14 23.0 (one
+# profile run each, 2026-12-05).
+_PREPROCESSING = "builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))"
 FAST_FLAGS = (
     "--iree-global-opt-use-im2col-for-convs",
     "--iree-opt-data-tiling",
@@ -54,26 +58,26 @@ FAST_FLAGS = (
     "--iree-dispatch-creation-enable-aggressive-fusion=false",
     f"--iree-preprocessing-pass-pipeline={_PREPROCESSING}",
 )
-# The transformed 8x8 filters are 7.1x the 3x3 ones: past IREE's default size
-# limit for hoisting constant expressions they are re-transformed and re-packed
-# on every call (57% + 23% of ResNet-18's dispatch time, measured). Hoisted,
-# const-eval computes them once at compile time. Added only when some conv is
-# tagged, so other models compile as before.
+# The transformed filters (8x8 or 6x6 per 3x3 kernel: 7.1x or 4x) are past
+# IREE's default size limit for hoisting constant expressions: without this
+# flag they were re-transformed and re-packed on every call (57% + 23% of
+# ResNet-18's dispatch time, measured with IREE's pass). Hoisted, const-eval
+# computes them once at compile time. Added only when some conv is rewritten.
 HOIST_WINOGRAD_FILTERS = "--iree-opt-const-expr-max-size-increase-threshold=1000000000000"
-WINOGRAD_MIN_OUTPUT = 28
+WINOGRAD_MIN_OUTPUT = 14
+WINOGRAD_F6_MIN_OUTPUT = 28
 # Winograd saves multiplications in its IC x OC product per tile point, while
 # its input and output transforms cost the same whatever IC and OC are: with
-# few channels the transforms are the whole cost. penni's basis conv (1 input
-# channel, nb filters) on Winograd spent 27% of ResNet-18 penni's time in
-# transforms (benchmarks/profile_dispatches.py --plugins penni --opt
-# penni.bases=3); kept on im2col it ran 1.06x (1 thread) / 1.09x (2 threads)
-# faster overall (benchmarks/compare_artifacts.py, contended).
-# Small channel counts lose too: examples.models:cnn (stem 3 -> 16) and the
-# multi-scale digits CNN (16 -> 32 at 32x32) ran 1.18-1.35x and 1.24-1.26x
-# slower with Winograd (iree-benchmark-module, both drivers, 2026-12-04), while
-# ResNet-18's 64-channel convs gain; 64 is the smallest width measured to gain.
+# few channels the transforms are the whole cost. With IREE's pass, penni's
+# basis conv (1 input channel) lost 27% of ResNet-18 penni's time to the
+# transforms, and examples.models:cnn (stem 3 -> 16) and the multi-scale
+# digits CNN (16 -> 32 at 32x32) ran 1.18-1.35x and 1.24-1.26x slower
+# (iree-benchmark-module, both drivers, 2026-12-04); ResNet-18's 64-channel
+# convs gained. Outputs may be fewer: lowrank's first conv of a 3x3 layer
+# (64 -> 28 at 56x56, 128 -> 57 at 28x28) ran 20.9 ms on im2col and 19.1 on
+# Winograd (ResNet-18-shaped, lowrank.reduction=2, profile_dispatches.py).
 WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_TAG = "__winograd_conv"
+WINOGRAD_MIN_OUT_CHANNELS = 16
 
 # Driver: IREE's local-task pool hands each call to its worker threads and
 # wakes the caller when they finish, about 0.08 ms per hand-off on this 2-core
@@ -107,7 +111,7 @@ _CPU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 class CpuOptions:
     cpu: str = option("host", "LLVM CPU name to generate code for (host = this machine)")
     fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs), and depthwise convs, one-input-channel convs and max pools as elementwise ops over their taps; falls back to the safe set if it fails")
-    winograd: int = option(WINOGRAD_MIN_OUTPUT, "with fast: Winograd F(6x6,3x3) for 3x3 stride-1 convs whose output is at least this many pixels on each side (0 = never)")
+    winograd: int = option(WINOGRAD_MIN_OUTPUT, f"with fast: Winograd for 3x3 stride-1 convs whose output is at least this many pixels on each side, F(6x6,3x3) from {WINOGRAD_F6_MIN_OUTPUT}, F(4x4,3x3) below (0 = never)")
     flags: tuple[str, ...] = option((), "extra IREE compiler flags, comma-separated (for experiments; see benchmarks/cpu_flags.py)")
     driver: str = option("auto", f"IREE runtime driver the artifact is run with: local-task (a pool of worker threads), local-sync (the calling thread), or auto: local-sync when one call of the model (its largest variant) does under {SYNC_MAX_MACS // 1_000_000} M MACs or it is an unrolled RNN whose contractions average under {SYNC_MAX_MEAN_MACS // 1_000_000} M MACs, else local-task; written into the artifact's metadata")
 
@@ -129,7 +133,7 @@ class CpuTarget(Target):
     Options = CpuOptions
 
     def flags(self, options: CpuOptions, winograd: bool = False) -> list[str]:
-        """The iree-compile flags; ``winograd``: some conv is tagged for it."""
+        """The iree-compile flags; ``winograd``: some conv is on Winograd."""
         flags = [f"--iree-llvmcpu-target-cpu={options.cpu}"]
         if options.fast:
             flags += FAST_FLAGS
@@ -139,8 +143,9 @@ class CpuTarget(Target):
 
     def compile(self, program: Program, options: Any) -> Artifact:
         try:
-            prepared, tagged = prepare_winograd(max_pools_as_taps(single_channel_convs_as_taps(depthwise_as_taps(program))) if options.fast else program, options.winograd if options.fast else 0)
-            artifact = compile_program(prepared, self.name, "llvm-cpu", self.flags(options, winograd=tagged > 0), options)
+            prepared, on_winograd = winograd_as_linalg(max_pools_as_taps(single_channel_convs_as_taps(depthwise_as_taps(program))) if options.fast else program,
+                                                       options.winograd if options.fast else 0)
+            artifact = compile_program(prepared, self.name, "llvm-cpu", self.flags(options, winograd=on_winograd > 0), options)
         except CompileError as fast_error:
             if not options.fast:
                 raise
@@ -178,7 +183,7 @@ def auto_driver(program: Program) -> str:
 def winograd_convs(program: Program, min_output: int) -> list[Any]:
     """The 3x3 stride-1 dilation-1 NCHW convs (in any function of the module)
     whose output is at least ``min_output`` on each side and that have at least
-    WINOGRAD_MIN_CHANNELS input and output channels."""
+    WINOGRAD_MIN_CHANNELS input and WINOGRAD_MIN_OUT_CHANNELS output channels."""
     from torch_mlir import ir
 
     found: list[Any] = []
@@ -190,23 +195,46 @@ def winograd_convs(program: Program, min_output: int) -> list[Any]:
         strides = list(ir.DenseIntElementsAttr(op.attributes["strides"]))
         dilations = list(ir.DenseIntElementsAttr(op.attributes["dilations"]))
         (out_ch, in_ch, *kernel_hw), out_hw = op.operands[1].type.shape, op.results[0].type.shape[2:]
-        wide = min(out_ch, in_ch) >= WINOGRAD_MIN_CHANNELS
+        wide = in_ch >= WINOGRAD_MIN_CHANNELS and out_ch >= WINOGRAD_MIN_OUT_CHANNELS
         if kernel_hw == [3, 3] and strides == [1, 1] and dilations == [1, 1] and min(out_hw) >= min_output and wide:
             found.append(op)
     return found
 
 
-def prepare_winograd(program: Program, min_output: int) -> tuple[Program, int]:
-    """A copy of ``program`` whose winograd_convs() are tagged for IREE's Winograd
-    pass, and how many; ``program`` itself when there are none. IREE 3.13's
-    pass drops the conv's initial value (torch's bias: measured 2% error on a
-    biased conv), so a conv that does not start from zeros starts from zeros in
-    the copy and its initial value is added after it."""
+# Y = Aᵀ·[(G·g·Gᵀ) ⊙ (Bᵀ·d·B)]·A per tile: F(6x6, 3x3) with the points IREE
+# uses (Liu et al. 2021), and F(4x4, 3x3) (Lavin & Gray 2016). Output tile
+# size -> (Bᵀ, G, Aᵀ).
+_WINOGRAD = {
+    6: (np.array([[1, 0, -21 / 4, 0, 21 / 4, 0, -1, 0], [0, 1, 1, -17 / 4, -17 / 4, 1, 1, 0], [0, -1, 1, 17 / 4, -17 / 4, -1, 1, 0],
+                  [0, 1 / 2, 1 / 4, -5 / 2, -5 / 4, 2, 1, 0], [0, -1 / 2, 1 / 4, 5 / 2, -5 / 4, -2, 1, 0], [0, 2, 4, -5 / 2, -5, 1 / 2, 1, 0],
+                  [0, -2, 4, 5 / 2, -5, -1 / 2, 1, 0], [0, -1, 0, 21 / 4, 0, -21 / 4, 0, 1]]),
+        np.array([[1, 0, 0], [-2 / 9, -2 / 9, -2 / 9], [-2 / 9, 2 / 9, -2 / 9], [1 / 90, 1 / 45, 2 / 45], [1 / 90, -1 / 45, 2 / 45],
+                  [32 / 45, 16 / 45, 8 / 45], [32 / 45, -16 / 45, 8 / 45], [0, 0, 1]]),
+        np.array([[1, 1, 1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1 / 2, -1 / 2, 0], [0, 1, 1, 4, 4, 1 / 4, 1 / 4, 0],
+                  [0, 1, -1, 8, -8, 1 / 8, -1 / 8, 0], [0, 1, 1, 16, 16, 1 / 16, 1 / 16, 0], [0, 1, -1, 32, -32, 1 / 32, -1 / 32, 1]])),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])),
+}
+
+
+def winograd_as_linalg(program: Program, min_output: int) -> tuple[Program, int]:
+    """A copy of ``program`` in which every winograd_convs() conv is Winograd's
+    algorithm in linalg ops, and how many; ``program`` itself when there are
+    none. Channels-last, with m×m output tiles (m = 6 from
+    WINOGRAD_F6_MIN_OUTPUT, else 4) of t = m + 2 input pixels each:
+
+        V[a, b, tile, c]  = Σ_i Bᵀ[a, i] Σ_j Bᵀ[b, j] d[tile + (i, j), c]   two tap sums (rows, then columns)
+        U[a, b, c, o]     = Σ_k Σ_l G[a, k] G[b, l] w[o, c, k, l]           constant: IREE evaluates it at compile time
+        M[a·t + b]        = V[a·t + b] @ U[a·t + b]                          one batch_matmul of t² products
+        Y[tile + (p, q)]  = Σ_a Aᵀ[p, a] Σ_b Aᵀ[q, b] M[a, b, tile]          two tap sums, the second writing pixels in place
+
+    The image is zero-padded below and right to whole tiles and the output
+    cut back; the conv's initial value (torch's bias) is added at the end."""
     from torch_mlir import ir
-    from torch_mlir.dialects import linalg
+    from torch_mlir.dialects import arith, tensor
 
     from optc.builder import Builder
-    from optc.time_batching import is_zero_fill
 
     if not winograd_convs(program, min_output):
         return program, 0
@@ -214,16 +242,46 @@ def prepare_winograd(program: Program, min_output: int) -> tuple[Program, int]:
     convs = winograd_convs(copy, min_output)
     for conv in convs:
         x, weight, init = conv.operands
-        if not is_zero_fill(init):
-            with Builder(copy, before=conv) as b:
-                out = conv.results[0]
-                zero_start = linalg.conv_2d_nchw_fchw(x, weight, outs=[b.zeros(out.type.shape, out)],
-                                                      strides=[1, 1], dilations=[1, 1])
-                summed = b.generic([zero_start, init], init, ["(n, c, h, w) -> (n, c, h, w)"] * 3, lambda y, i, _: b.add(y, i))
-            out.replace_all_uses_with(summed)
-            conv.erase()
-            conv = zero_start.owner
-        conv.attributes[WINOGRAD_TAG] = ir.UnitAttr.get(copy.context)
+        n, c, hp, wp = x.type.shape
+        oc, (oh, ow) = weight.type.shape[0], init.type.shape[2:]
+        m = 6 if min(oh, ow) >= WINOGRAD_F6_MIN_OUTPUT else 4
+        t = m + 2
+        bt, g, at = _WINOGRAD[m]
+        th, tw = -(-oh // m), -(-ow // m)  # tiles down and across
+        hq, wq = m * th + 2, m * tw + 2
+        with Builder(copy, before=conv) as b:
+            def dense(array: np.ndarray) -> ir.Value:
+                array = np.ascontiguousarray(array, dtype=np.float32)
+                return arith.ConstantOp(ir.RankedTensorType.get(list(array.shape), ir.F32Type.get()), ir.DenseElementsAttr.get(array)).result
+
+            def taps(values: list[ir.Value], matrix: np.ndarray, image_map: str, kernel_map: str, shape: list[int]) -> ir.Value:
+                return _sum_of_taps(b, values, [dense(matrix[:, k]) for k in range(matrix.shape[1])], image_map, kernel_map, b.zeros(shape, x))
+
+            d = b.transpose(x, [0, 2, 3, 1])
+            if (hq, wq) != (hp, wp):  # tensor.pad: an insert_slice here was mis-folded by IREE 3.13 into torch's own padding
+                pad = tensor.PadOp(ir.RankedTensorType.get([n, hq, wq, c], ir.F32Type.get()), d, [], [], [0, 0, 0, 0], [0, hq - hp, wq - wp, 0])
+                with ir.InsertionPoint(pad.regions[0].blocks.append(*[ir.IndexType.get()] * 4)):
+                    tensor.YieldOp(arith.ConstantOp(ir.F32Type.get(), 0.0).result)
+                d = pad.result
+            rows = taps([b.slice(d, [0, i, 0, 0], [n, th, wq, c], [1, m, 1, 1]) for i in range(t)], bt,
+                        "(a, n, h, w, c) -> (n, h, w, c)", "(a, n, h, w, c) -> (a)", [t, n, th, wq, c])
+            v = taps([b.slice(rows, [0, 0, 0, j, 0], [t, n, th, tw, c], [1, 1, 1, m, 1]) for j in range(t)], bt,
+                     "(a, e, n, h, w, c) -> (a, n, h, w, c)", "(a, e, n, h, w, c) -> (e)", [t, t, n, th, tw, c])
+            gm = dense(g)
+            u = b.generic([gm, gm, weight], b.zeros([t, t, c, oc], x),
+                          ["(a, e, c, o, k, l) -> (a, k)", "(a, e, c, o, k, l) -> (e, l)", "(a, e, c, o, k, l) -> (o, c, k, l)", "(a, e, c, o, k, l) -> (a, e, c, o)"],
+                          lambda ga, ge, w, acc: b.add(acc, b.mul(b.mul(ga, ge), w)), iterators=["parallel"] * 4 + ["reduction"] * 2)
+            products = b.batch_matmul(b.collapse(v, [[0, 1], [2, 3, 4], [5]]), b.collapse(u, [[0, 1], [2], [3]]), b.zeros([t * t, n * th * tw, oc], x))
+            products = b.expand(products, [[0, 1], [2, 3, 4], [5]], (t, t, n, th, tw, oc))
+            by_a = [b.collapse(b.slice(products, [a, 0, 0, 0, 0, 0], [1, t, n, th, tw, oc]), [[0, 1], [2], [3], [4], [5]]) for a in range(t)]
+            half = taps(by_a, at, "(p, e, n, h, w, o) -> (e, n, h, w, o)", "(p, e, n, h, w, o) -> (p)", [m, t, n, th, tw, oc])
+            by_b = [b.collapse(b.slice(half, [0, e, 0, 0, 0, 0], [m, 1, n, th, tw, oc]), [[0, 1], [2], [3], [4], [5]]) for e in range(t)]
+            tiles = taps(by_b, at, "(n, h, p, w, q, o) -> (p, n, h, w, o)", "(n, h, p, w, q, o) -> (q)", [n, th, m, tw, m, oc])
+            y = b.slice(b.collapse(tiles, [[0], [1, 2], [3, 4], [5]]), [0, 0, 0, 0], [n, oh, ow, oc])
+            out = b.generic([y, init], init, ["(n, o, h, w) -> (n, h, w, o)", "(n, o, h, w) -> (n, o, h, w)", "(n, o, h, w) -> (n, o, h, w)"],
+                            lambda a, i, _: b.add(a, i))
+        conv.results[0].replace_all_uses_with(out)
+        conv.erase()
     return copy, len(convs)
 
 

@@ -95,35 +95,23 @@ def test_empty_or_malformed_cpu_options_are_refused(assignments):
         build_options("cpu", CpuOptions, assignments)
 
 
-# Of conv_kinds' five convs only the 3x3 stride-1 one with a 30x30 output is
-# Winograd's (the dilated, 1x1 and strided ones never are; the 15x15 one is
-# below the default minimum output size). It has a bias, which IREE's Winograd
-# pass would drop: the tagged conv starts from zeros and the bias is added after.
-WINOGRAD_TAG_CHECKS = """
-// CHECK:      %[[ZEROS:.+]] = linalg.fill
-// CHECK-NEXT: %[[CONV:.+]] = linalg.conv_2d_nchw_fchw {__winograd_conv, dilations = dense<1> {{.*}}strides = dense<1> {{.*}}outs(%[[ZEROS]] : tensor<1x8x30x30xf32>)
-// CHECK-NEXT: linalg.generic {{.*}}ins(%[[CONV]], %[[BIAS:[a-z0-9_]+]] : tensor<1x8x30x30xf32>, tensor<1x8x30x30xf32>)
-// CHECK-NEXT: ^bb0
-// CHECK-NEXT: arith.addf
-// CHECK-NOT:  __winograd_conv
+# Of conv_kinds' five convs the 3x3 stride-1 ones are Winograd's (the dilated,
+# 1x1 and strided ones never are): the 30x30 one with 6x6 output tiles (5x5 of
+# them, 8x8 points each: 64 products of 25 tiles × 4 channels by 4×8), the
+# 15x15 one with 4x4 tiles (4x4 of them, padded from 17x17 to 18x18; 36
+# products). Both are biased: the bias is added to the cut-back output.
+WINOGRAD_CHECKS = """
+// CHECK:      linalg.batch_matmul ins(%{{.*}}, %{{.*}} : tensor<64x25x4xf32>, tensor<64x4x8xf32>) outs(%{{.*}} : tensor<64x25x8xf32>)
+// CHECK:      tensor.extract_slice %{{.*}}[0, 0, 0, 0] [1, 30, 30, 8] [1, 1, 1, 1] : tensor<1x30x30x8xf32>
+// CHECK:      arith.addf
 // CHECK:      linalg.conv_2d_nchw_fchw {dilations = dense<2>
-// CHECK-NOT:  __winograd_conv
 // CHECK:      linalg.conv_2d_nchw_fchw {dilations = dense<1> {{.*}}tensor<8x8x1x1xf32>
-// CHECK-NOT:  __winograd_conv
 // CHECK:      linalg.conv_2d_nchw_fchw {dilations = dense<1> {{.*}}strides = dense<2>
-// CHECK-NOT:  __winograd_conv
-// CHECK:      linalg.conv_2d_nchw_fchw {dilations = dense<1> {{.*}}strides = dense<1> {{.*}} -> tensor<1x8x15x15xf32>
-// CHECK-NOT:  __winograd_conv
-"""
-# ... and IREE's preprocessing (the fast set) turns that one, and only it, into
-# Winograd's filter/input/output transforms.
-WINOGRAD_PREPROCESSED_CHECKS = """
-// CHECK:          iree_linalg_ext.winograd.filter_transform output_tile_size(6) kernel_size(3) {{.*}}tensor<8x4x3x3xf32>
-// CHECK:          iree_linalg_ext.winograd.input_transform output_tile_size(6) kernel_size(3) {{.*}}tensor<1x4x32x32xf32>
-// CHECK:          iree_linalg_ext.winograd.output_transform output_tile_size(6) kernel_size(3) {{.*}}-> tensor<1x8x30x30xf32>
-// CHECK-NOT:      iree_linalg_ext.winograd
-// CHECK-COUNT-4:  linalg.conv_2d_nhwc_hwcf
-// CHECK-NOT:      iree_linalg_ext.winograd
+// CHECK:      tensor.pad %{{.*}} low[0, 0, 0, 0] high[0, 1, 1, 0]
+// CHECK:      linalg.batch_matmul ins(%{{.*}}, %{{.*}} : tensor<36x16x8xf32>, tensor<36x8x8xf32>) outs(%{{.*}} : tensor<36x16x8xf32>)
+// CHECK:      tensor.extract_slice %{{.*}}[0, 0, 0, 0] [1, 15, 15, 8] [1, 1, 1, 1] : tensor<1x16x16x8xf32>
+// CHECK-NOT:  linalg.conv_2d_nchw_fchw
+// CHECK-NOT:  linalg.batch_matmul
 """
 
 
@@ -139,35 +127,54 @@ def _filecheck(tmp_path, checks: str, text: str) -> None:
 
 @pytest.fixture
 def narrow_winograd(monkeypatch):
-    """Winograd for convs of any width, so small probe models exercise the tagging
-    (by default only convs of at least WINOGRAD_MIN_CHANNELS channels are tagged)."""
+    """Winograd for convs of any width, so small probe models exercise it (by
+    default only convs of at least WINOGRAD_MIN_CHANNELS inputs are rewritten)."""
     import optc.targets.cpu as cpu
 
     monkeypatch.setattr(cpu, "WINOGRAD_MIN_CHANNELS", 2)
+    monkeypatch.setattr(cpu, "WINOGRAD_MIN_OUT_CHANNELS", 2)
 
 
-def test_winograd_tags_only_large_3x3_stride_1_convs_and_iree_rewrites_those(tmp_path, narrow_winograd):
-    from optc.targets.cpu import WINOGRAD_MIN_OUTPUT, WINOGRAD_TAG, prepare_winograd
-    from optc.targets.iree_common import run_iree_compile
+def test_winograd_rewrites_only_3x3_stride_1_convs_with_the_tile_size_for_their_output(tmp_path, narrow_winograd):
+    from optc.targets.cpu import WINOGRAD_MIN_OUTPUT, winograd_as_linalg
 
     _, p = _probe("conv_kinds")
     before = p.to_text()
-    prepared, tagged = prepare_winograd(p, WINOGRAD_MIN_OUTPUT)
-    assert tagged == 1 and prepared is not p
-    _filecheck(tmp_path, WINOGRAD_TAG_CHECKS, prepared.to_text())
-    flags = CpuTarget().flags(CpuOptions(), winograd=True)
-    preprocessed = run_iree_compile(prepared.to_bytecode(), "llvm-cpu", [*flags, "--compile-to=preprocessing", "--mlir-print-debuginfo=false"])
-    _filecheck(tmp_path, WINOGRAD_PREPROCESSED_CHECKS, preprocessed.decode())
-    assert p.to_text() == before and WINOGRAD_TAG not in before  # the program itself is left as it was
-    assert prepare_winograd(p, 15)[1] == 2
-    assert prepare_winograd(p, 0) == (p, 0)
+    prepared, rewritten = winograd_as_linalg(p, WINOGRAD_MIN_OUTPUT)
+    assert rewritten == 2 and prepared is not p
+    _filecheck(tmp_path, WINOGRAD_CHECKS, prepared.to_text())
+    assert p.to_text() == before  # the program itself is left as it was
+    assert winograd_as_linalg(p, 16)[1] == 1  # the 15x15 conv is below that minimum
+    assert winograd_as_linalg(p, 0) == (p, 0)
 
 
-def test_winograd_leaves_convs_with_few_channels_on_im2col():
-    # penni's basis conv (1 input channel), a small CNN's 16 -> 32 conv: im2col; 64 -> 64: Winograd
+@pytest.mark.parametrize("tile", [6, 4])
+def test_winograd_is_exact_for_odd_sizes_batches_and_biases(tile, narrow_winograd, monkeypatch):
+    """Every tile size on an image that is no whole number of tiles, at batch 2,
+    with and without a bias, against eager (the transforms round in float32)."""
+    import optc.targets.cpu as cpu
     from optc.load import Model
     from optc.lower import lower
-    from optc.targets.cpu import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_OUTPUT, winograd_convs
+    from optc.verify import DEFAULT_TOLERANCE
+
+    monkeypatch.setattr(cpu, "WINOGRAD_F6_MIN_OUTPUT", 1 if tile == 6 else 10**6)
+    torch.manual_seed(0)
+    model = Model(torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3, padding=1, bias=False)).eval(),
+                  (torch.randn(2, 8, 19, 23),), "odd")
+    p = lower(model)
+    prepared, rewritten = cpu.winograd_as_linalg(p, 1)
+    assert rewritten == 2 and "linalg.conv_2d_nchw_fchw" not in prepared.to_text()
+    t = CpuTarget()
+    art = t.compile(p, CpuOptions(winograd=1))
+    err = compare(t.open(art.vmfb, CpuOptions())(*p.example_inputs), eager_outputs(model.module, p.example_inputs))
+    assert err.max_rel <= DEFAULT_TOLERANCE / 10, err
+
+
+def test_winograd_leaves_convs_with_few_input_channels_on_im2col():
+    # penni's basis conv (1 input channel), a small CNN's 16 -> 32 conv: im2col; 64 -> 64 and 64 -> 28: Winograd
+    from optc.load import Model
+    from optc.lower import lower
+    from optc.targets.cpu import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_OUT_CHANNELS, WINOGRAD_MIN_OUTPUT, winograd_convs
 
     class Widths(torch.nn.Module):
         def __init__(self):
@@ -176,17 +183,17 @@ def test_winograd_leaves_convs_with_few_channels_on_im2col():
             self.small = torch.nn.Conv2d(16, 32, 3, padding=1)
             self.up = torch.nn.Conv2d(32, 64, 3, padding=1)
             self.wide = torch.nn.Conv2d(64, 64, 3, padding=1)
+            self.low_rank = torch.nn.Conv2d(64, 28, 3, padding=1)  # lowrank's first conv of a 64-channel layer
 
         def forward(self, x):
-            return self.wide(self.up(self.small(self.basis(x))))
+            return self.low_rank(self.wide(self.up(self.small(self.basis(x)))))
 
-    assert WINOGRAD_MIN_CHANNELS == 64
+    assert (WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_OUT_CHANNELS) == (64, 16)
     p = lower(Model(Widths().eval(), (torch.randn(1, 1, 32, 32),), "widths"))
-    (tagged,) = winograd_convs(p, WINOGRAD_MIN_OUTPUT)
-    assert tagged.operands[1].type.shape == [64, 64, 3, 3]
+    assert [op.operands[1].type.shape for op in winograd_convs(p, WINOGRAD_MIN_OUTPUT)] == [[64, 64, 3, 3], [28, 64, 3, 3]]
 
 
-def test_winograd_flags_hoist_filters_only_when_a_conv_is_tagged():
+def test_winograd_flags_hoist_filters_only_when_a_conv_is_rewritten():
     from optc.targets.cpu import HOIST_WINOGRAD_FILTERS
 
     t = CpuTarget()
@@ -197,21 +204,21 @@ def test_winograd_flags_hoist_filters_only_when_a_conv_is_tagged():
 
 @pytest.mark.parametrize("spec, winograd", [("tests.e2e.probe_models:conv_kinds", 1), ("examples.models:cnn", 28)])
 def test_default_flags_with_winograd_stay_within_compile_tolerance(spec, winograd, narrow_winograd):
-    """Winograd F(6x6,3x3) is not exact in float32: its artifact must still meet
-    the tolerance `optc compile` checks (1e-4 relative), here with room to spare
+    """Winograd is not exact in float32: its artifact must still meet the
+    tolerance `optc compile` checks (1e-4 relative), here with room to spare
     (conv_kinds: two biased convs; cnn: the default output threshold, a bias-free stem)."""
     from optc.load import load_model
     from optc.lower import lower
-    from optc.targets.cpu import winograd_convs
+    from optc.targets.cpu import winograd_as_linalg
     from optc.verify import DEFAULT_TOLERANCE
 
     model = load_model(spec)
     p = lower(model)
-    assert winograd_convs(p, winograd)
+    assert winograd_as_linalg(p, winograd)[1]
     t = CpuTarget()
     opts = CpuOptions(winograd=winograd)
     art = t.compile(p, opts)
-    assert art.flags_used == "fast" and art.vmfb.count(b"winograd_input_transform_") >= len(winograd_convs(p, winograd))
+    assert art.flags_used == "fast"
     err = compare(t.open(art.vmfb, opts)(*p.example_inputs), eager_outputs(model.module, p.example_inputs))
     assert err.max_rel <= DEFAULT_TOLERANCE / 10, err
 
@@ -310,3 +317,83 @@ def test_depthwise_convs_become_taps_of_strided_slices_and_match_eager():
         art = t.compile(p, options)
         err = compare(t.open(art.vmfb, options)(*p.example_inputs), eager_outputs(model.module, p.example_inputs))
         assert err.max_rel <= 1e-5, (options, err)
+
+
+class _FilterBanks(torch.nn.Module):
+    """A biased one-channel conv (stride 2) on a one-channel image, then a
+    dilated conv that penni decomposes into a basis stage over its channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 6, 3, stride=2, padding=1)
+        self.body = torch.nn.Conv2d(6, 8, 3, padding=2, dilation=2)
+
+    def forward(self, x):
+        return self.body(torch.relu(self.stem(x)))
+
+
+# The stem stays NCHW, its bias the generic's initial value; penni's basis
+# stage (6 channels as one-channel images, 3 filters each) is computed on the
+# image, channels-last, as (n, h, w, channel, basis): the layout its 1x1
+# coefficient conv reads once IREE makes that conv channels-last.
+FILTER_BANK_CHECKS = """
+// CHECK:      linalg.generic {{.*}} outs(%{{.*}} : tensor<2x6x9x9xf32>)
+// CHECK-NOT:  linalg.conv_2d_nchw_fchw {{.*}} tensor<6x1x3x3xf32>
+// CHECK:      linalg.transpose ins(%{{.*}} : tensor<2x6x13x13xf32>) {{.*}} permutation = [0, 2, 3, 1]
+// CHECK:      tensor.extract_slice %{{.*}}[0, 4, 4, 0] [2, 9, 9, 6] [1, 1, 1, 1]
+// CHECK:      linalg.generic {{.*}} outs(%{{.*}} : tensor<2x9x9x6x3xf32>)
+// CHECK:      tensor.collapse_shape {{.*}} into tensor<2x9x9x18xf32>
+// CHECK:      linalg.conv_2d_nchw_fchw {{.*}} ins(%{{.*}}, %{{.*}} : tensor<2x18x9x9xf32>, tensor<8x18x1x1xf32>)
+// CHECK-NOT:  linalg.conv_2d_nchw_fchw {{.*}} tensor<3x1x3x3xf32>
+"""
+
+
+def test_one_channel_convs_and_penni_basis_stages_become_taps_and_match_eager(tmp_path):
+    from optc.api import MethodContext
+    from optc.load import Model
+    from optc.lower import lower
+    from optc.plugins.penni import Penni
+    from optc.targets.cpu import single_channel_convs_as_taps
+    from optc.testing import options_for
+
+    torch.manual_seed(0)
+    model = Model(_FilterBanks().eval(), (torch.randn(2, 1, 17, 17),), "filter-banks")
+    p = lower(model)
+    Penni().apply(p, options_for(Penni(), {"bases": 3, "layers": "body.weight"}), MethodContext())
+    before = p.to_text()
+    assert before.count("x1x3x3xf32>) outs") == 2  # the stem and penni's basis conv read one input channel
+    prepared = single_channel_convs_as_taps(p)
+    _filecheck(tmp_path, FILTER_BANK_CHECKS, prepared.to_text())
+    assert p.to_text() == before
+    _, dense = _probe("conv_kinds")
+    assert single_channel_convs_as_taps(dense) is dense
+    t = CpuTarget()
+    fast = t.compile(p, CpuOptions())
+    safe = t.compile(p, CpuOptions(fast=False))
+    outputs = [t.open(art.vmfb, CpuOptions())(*p.example_inputs) for art in (fast, safe)]
+    err = compare(outputs[0], outputs[1])
+    assert err.max_rel <= 1e-5, err
+    full = lower(model)  # with every basis kept penni is exact: the fast build matches eager
+    Penni().apply(full, options_for(Penni(), {"bases": 9, "force": True, "layers": "body.weight"}), MethodContext())
+    err = compare(t.open(t.compile(full, CpuOptions()).vmfb, CpuOptions())(*p.example_inputs), eager_outputs(model.module, p.example_inputs))
+    assert err.max_rel <= 1e-5, err
+
+
+def test_max_pools_become_taps_and_match_eager():
+    from optc.load import Model
+    from optc.lower import lower
+    from optc.targets.cpu import max_pools_as_taps
+
+    class Pools(torch.nn.Module):
+        def forward(self, x):
+            y = torch.nn.functional.max_pool2d(x - 1, 3, stride=2, padding=1)  # padded: -inf, not zero, at the border
+            return torch.nn.functional.max_pool2d(y, (2, 3), stride=(1, 2), dilation=(2, 1))
+
+    torch.manual_seed(0)
+    model = Model(Pools().eval(), (torch.randn(2, 3, 15, 13),), "pools")
+    p = lower(model)
+    assert p.to_text().count("linalg.pooling_nchw_max") == 2
+    text = max_pools_as_taps(p).to_text()
+    assert "pooling" not in text and text.count("arith.maximumf") >= 9 + 6
+    assert "[1, 2, 2, 1]" in text  # the strided pool's taps are strided slices (channels last)
+    _compile_and_compare(model, p)
