@@ -73,10 +73,14 @@ WINOGRAD_F6_MIN_OUTPUT = 28
 # transforms, and examples.models:cnn (stem 3 -> 16) and the multi-scale
 # digits CNN (16 -> 32 at 32x32) ran 1.18-1.35x and 1.24-1.26x slower
 # (iree-benchmark-module, both drivers, 2026-12-04); ResNet-18's 64-channel
-# convs gained. Outputs may be fewer: lowrank's first conv of a 3x3 layer
-# (64 -> 28 at 56x56, 128 -> 57 at 28x28) ran 20.9 ms on im2col and 19.1 on
-# Winograd (ResNet-18-shaped, lowrank.reduction=2, profile_dispatches.py).
-WINOGRAD_MIN_CHANNELS = 64
+# convs gained. With the transforms here (iree-benchmark-module medians,
+# 2 threads, 2026-12-05): a held-out ResNet-like CNN with a 48-channel stage
+# at 80x80 ran 35.4 ms with a minimum of 64 input channels, 32.2 with 32, 33.9
+# with 16; the multi-scale digits CNN 0.309 / 0.324 / 0.356 ms (its 32 -> 32
+# conv at 16x16 loses a little). Outputs may be fewer: lowrank's first conv of
+# a 3x3 layer (64 -> 28 at 56x56, 128 -> 57 at 28x28) ran 20.9 ms on im2col
+# and 19.1 on Winograd (ResNet-18-shaped, lowrank.reduction=2, IREE's pass).
+WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_OUT_CHANNELS = 16
 
 # Driver: IREE's local-task pool hands each call to its worker threads and

@@ -171,7 +171,7 @@ def test_winograd_is_exact_for_odd_sizes_batches_and_biases(tile, narrow_winogra
 
 
 def test_winograd_leaves_convs_with_few_input_channels_on_im2col():
-    # penni's basis conv (1 input channel), a small CNN's 16 -> 32 conv: im2col; 64 -> 64 and 64 -> 28: Winograd
+    # penni's basis conv (1 input channel), a small CNN's 16 -> 32 conv: im2col; 32 -> 64, 64 -> 64 and 64 -> 28: Winograd
     from optc.load import Model
     from optc.lower import lower
     from optc.targets.cpu import WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_OUT_CHANNELS, WINOGRAD_MIN_OUTPUT, winograd_convs
@@ -188,9 +188,9 @@ def test_winograd_leaves_convs_with_few_input_channels_on_im2col():
         def forward(self, x):
             return self.low_rank(self.wide(self.up(self.small(self.basis(x)))))
 
-    assert (WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_OUT_CHANNELS) == (64, 16)
+    assert (WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_OUT_CHANNELS) == (32, 16)
     p = lower(Model(Widths().eval(), (torch.randn(1, 1, 32, 32),), "widths"))
-    assert [op.operands[1].type.shape for op in winograd_convs(p, WINOGRAD_MIN_OUTPUT)] == [[64, 64, 3, 3], [28, 64, 3, 3]]
+    assert [op.operands[1].type.shape for op in winograd_convs(p, WINOGRAD_MIN_OUTPUT)] == [[64, 32, 3, 3], [64, 64, 3, 3], [28, 64, 3, 3]]
 
 
 def test_winograd_flags_hoist_filters_only_when_a_conv_is_rewritten():
