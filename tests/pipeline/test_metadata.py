@@ -13,6 +13,7 @@ import pytest
 
 from optc.errors import InputError
 from optc.metadata import SCHEMA, annotate, check_labels, describe, optc_info, read
+from optc.targets.cpu import WINOGRAD_MIN_OUTPUT
 from tests.conftest import lowered, optc_cli
 
 DIGITS = [str(d) for d in range(10)]
@@ -46,7 +47,7 @@ def test_describe_names_the_signature_and_the_compile(annotated):
     assert info["model"] == "examples.models:mlp"
     assert info["inputs"] == [{"name": "input", "shape": [4, 256], "dtype": "float32"}]
     assert [(o["shape"], o["dtype"]) for o in info["outputs"]] == [([4, 10], "float32")]
-    assert info["target"] == {"name": "cpu", "options": {"cpu": "host", "fast": True, "winograd": 28, "flags": [], "driver": "auto"}}
+    assert info["target"] == {"name": "cpu", "options": {"cpu": "host", "fast": True, "winograd": WINOGRAD_MIN_OUTPUT, "flags": [], "driver": "auto"}}
     assert info["methods"] == [] and info["labels"] == DIGITS
     macs = 4 * (256 * 512 + 512 * 256 + 256 * 10)
     assert info["totals"]["macs_before"] == info["totals"]["macs_after"] == macs
