@@ -81,6 +81,8 @@ WINOGRAD_F6_MIN_OUTPUT = 28
 # a 3x3 layer (64 -> 28 at 56x56, 128 -> 57 at 28x28) ran 20.9 ms on im2col
 # and 19.1 on Winograd (ResNet-18-shaped, lowrank.reduction=2, IREE's pass).
 WINOGRAD_MIN_CHANNELS = 32
+# IREE's f32 data-tiling row tile on this AVX-512 host (mmt4d M0): see single_channel_convs_as_taps()
+PACKED_ROWS = 16
 WINOGRAD_MIN_OUT_CHANNELS = 16
 
 # Driver: IREE's local-task pool hands each call to its worker threads and
@@ -336,13 +338,17 @@ def single_channel_convs_as_taps(program: Program) -> Program:
 
     penni's basis stage is such a conv over the N·C channels of an image
     viewed as one-channel images, its F = nb maps per channel viewed back as
-    N × C·nb channels. That form is recognized and computed channels-last on
-    the image itself, (n, oh, ow, c, b), the layout the following 1×1
-    coefficient conv reads, so IREE fuses the taps into that matmul's operand
-    packing and the C·nb maps never go to memory unpacked. ResNet-18-shaped,
-    penni.bases=4 (iree-benchmark-module median, 2 threads, 2026-12-05): 25.3
-    ms with IREE's im2col conv, 15.0 ms with the taps on the one-channel view
-    (their own dispatch), 14.4 ms fused; dense 30.5 ms."""
+    N × C·nb channels. That form is recognized and computed on the image
+    itself: channels-last, (n, oh, ow, c, b), the layout the following 1×1
+    coefficient conv reads once IREE makes it channels-last; but NCHW, (n, c,
+    b, oh, ow), when the output width is a multiple of PACKED_ROWS, where IREE
+    3.13 fuses that matmul's operand packing into the channels-last taps and
+    leaves the dispatch scalar (a held-out CNN's 80x80x48x4 taps: 1.1 ms per
+    launch). penni.bases=4, iree-benchmark-module medians, 2 threads,
+    2026-12-05: ResNet-18-shaped 25.3 ms with IREE's im2col conv, 15.0 ms with
+    taps on the one-channel view, 13.0 on the image channels-last, 14.9 NCHW,
+    12.7 as chosen here; the held-out CNN 23.1 channels-last, 19.5 NCHW, 18.9
+    as chosen."""
     from optc.builder import Builder
     from optc.time_batching import is_zero_fill
 
@@ -371,11 +377,16 @@ def single_channel_convs_as_taps(program: Program) -> Program:
                 continue
             image, maps = channels
             batch, c = image.type.shape[:2]
-            xt = b.transpose(image, [0, 2, 3, 1])
-            images = [b.slice(xt, [0, i * dilations[0], j * dilations[1], 0], [batch, oh, ow, c], [1, *strides, 1]) for i, j in taps]
-            summed = _sum_of_taps(b, images, kernels, "(n, h, w, c, f) -> (n, h, w, c)", "(n, h, w, c, f) -> (f)",
-                                  b.zeros([batch, oh, ow, c, f], image))
-            out = b.transpose(b.collapse(summed, [[0], [1], [2], [3, 4]]), [0, 3, 1, 2])
+            if ow % PACKED_ROWS == 0:  # IREE fuses the matmul's operand packing into the taps, and leaves them scalar
+                images = [b.slice(image, [0, 0, i * dilations[0], j * dilations[1]], [batch, c, oh, ow], [1, 1, *strides]) for i, j in taps]
+                summed = _sum_of_taps(b, images, kernels, "(n, c, f, h, w) -> (n, c, h, w)", "(n, c, f, h, w) -> (f)", b.zeros([batch, c, f, oh, ow], image))
+                out = b.collapse(summed, [[0], [1, 2], [3], [4]])
+            else:
+                xt = b.transpose(image, [0, 2, 3, 1])
+                images = [b.slice(xt, [0, i * dilations[0], j * dilations[1], 0], [batch, oh, ow, c], [1, *strides, 1]) for i, j in taps]
+                summed = _sum_of_taps(b, images, kernels, "(n, h, w, c, f) -> (n, h, w, c)", "(n, h, w, c, f) -> (f)",
+                                      b.zeros([batch, oh, ow, c, f], image))
+                out = b.transpose(b.collapse(summed, [[0], [1], [2], [3, 4]]), [0, 3, 1, 2])
         flat = maps.operands[0].owner
         maps.results[0].replace_all_uses_with(out)
         for op in (maps, flat.operation, conv):

@@ -334,9 +334,12 @@ class _FilterBanks(torch.nn.Module):
 
 # The stem stays NCHW, its bias the generic's initial value; penni's basis
 # stage (6 channels as one-channel images, 3 filters each) is computed on the
-# image, channels-last, as (n, h, w, channel, basis): the layout its 1x1
-# coefficient conv reads once IREE makes that conv channels-last.
-FILTER_BANK_CHECKS = """
+# image: channels-last as (n, h, w, channel, basis), the layout its 1x1
+# coefficient conv reads once IREE makes that conv channels-last, or, when
+# the output width is a multiple of IREE's packed rows, NCHW as (n, channel,
+# basis, h, w).
+FILTER_BANK_CHECKS = {
+    17: """
 // CHECK:      linalg.generic {{.*}} outs(%{{.*}} : tensor<2x6x9x9xf32>)
 // CHECK-NOT:  linalg.conv_2d_nchw_fchw {{.*}} tensor<6x1x3x3xf32>
 // CHECK:      linalg.transpose ins(%{{.*}} : tensor<2x6x13x13xf32>) {{.*}} permutation = [0, 2, 3, 1]
@@ -345,10 +348,20 @@ FILTER_BANK_CHECKS = """
 // CHECK:      tensor.collapse_shape {{.*}} into tensor<2x9x9x18xf32>
 // CHECK:      linalg.conv_2d_nchw_fchw {{.*}} ins(%{{.*}}, %{{.*}} : tensor<2x18x9x9xf32>, tensor<8x18x1x1xf32>)
 // CHECK-NOT:  linalg.conv_2d_nchw_fchw {{.*}} tensor<3x1x3x3xf32>
-"""
+""",
+    31: """
+// CHECK:      linalg.generic {{.*}} outs(%{{.*}} : tensor<2x6x16x16xf32>)
+// CHECK:      tensor.extract_slice %{{.*}}[0, 0, 4, 4] [2, 6, 16, 16] [1, 1, 1, 1]
+// CHECK:      linalg.generic {{.*}} outs(%{{.*}} : tensor<2x6x3x16x16xf32>)
+// CHECK:      tensor.collapse_shape {{.*}} into tensor<2x18x16x16xf32>
+// CHECK:      linalg.conv_2d_nchw_fchw {{.*}} ins(%{{.*}}, %{{.*}} : tensor<2x18x16x16xf32>, tensor<8x18x1x1xf32>)
+// CHECK-NOT:  linalg.conv_2d_nchw_fchw {{.*}} tensor<3x1x3x3xf32>
+""",
+}
 
 
-def test_one_channel_convs_and_penni_basis_stages_become_taps_and_match_eager(tmp_path):
+@pytest.mark.parametrize("size", sorted(FILTER_BANK_CHECKS))
+def test_one_channel_convs_and_penni_basis_stages_become_taps_and_match_eager(tmp_path, size):
     from optc.api import MethodContext
     from optc.load import Model
     from optc.lower import lower
@@ -357,13 +370,13 @@ def test_one_channel_convs_and_penni_basis_stages_become_taps_and_match_eager(tm
     from optc.testing import options_for
 
     torch.manual_seed(0)
-    model = Model(_FilterBanks().eval(), (torch.randn(2, 1, 17, 17),), "filter-banks")
+    model = Model(_FilterBanks().eval(), (torch.randn(2, 1, size, size),), "filter-banks")
     p = lower(model)
     Penni().apply(p, options_for(Penni(), {"bases": 3, "layers": "body.weight"}), MethodContext())
     before = p.to_text()
     assert before.count("x1x3x3xf32>) outs") == 2  # the stem and penni's basis conv read one input channel
     prepared = single_channel_convs_as_taps(p)
-    _filecheck(tmp_path, FILTER_BANK_CHECKS, prepared.to_text())
+    _filecheck(tmp_path, FILTER_BANK_CHECKS[size], prepared.to_text())
     assert p.to_text() == before
     _, dense = _probe("conv_kinds")
     assert single_channel_convs_as_taps(dense) is dense
