@@ -81,9 +81,9 @@ WINOGRAD_F6_MIN_OUTPUT = 28
 # a 3x3 layer (64 -> 28 at 56x56, 128 -> 57 at 28x28) ran 20.9 ms on im2col
 # and 19.1 on Winograd (ResNet-18-shaped, lowrank.reduction=2, IREE's pass).
 WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_OUT_CHANNELS = 16
 # IREE's f32 data-tiling row tile on this AVX-512 host (mmt4d M0): see single_channel_convs_as_taps()
 PACKED_ROWS = 16
-WINOGRAD_MIN_OUT_CHANNELS = 16
 
 # Driver: IREE's local-task pool hands each call to its worker threads and
 # wakes the caller when they finish, about 0.08 ms per hand-off on this 2-core
