@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -190,21 +190,15 @@ def winograd_convs(program: Program, min_output: int) -> list[Any]:
     """The 3x3 stride-1 dilation-1 NCHW convs (in any function of the module)
     whose output is at least ``min_output`` on each side and that have at least
     WINOGRAD_MIN_CHANNELS input and WINOGRAD_MIN_OUT_CHANNELS output channels."""
-    from torch_mlir import ir
+    return [op for op in walk_nested(program.module.operation) if _on_winograd(op, min_output)]
 
-    found: list[Any] = []
-    if min_output <= 0:
-        return found
-    for op in walk_nested(program.module.operation):
-        if op.name != "linalg.conv_2d_nchw_fchw":
-            continue
-        strides = list(ir.DenseIntElementsAttr(op.attributes["strides"]))
-        dilations = list(ir.DenseIntElementsAttr(op.attributes["dilations"]))
-        (out_ch, in_ch, *kernel_hw), out_hw = op.operands[1].type.shape, op.results[0].type.shape[2:]
-        wide = in_ch >= WINOGRAD_MIN_CHANNELS and out_ch >= WINOGRAD_MIN_OUT_CHANNELS
-        if kernel_hw == [3, 3] and strides == [1, 1] and dilations == [1, 1] and min(out_hw) >= min_output and wide:
-            found.append(op)
-    return found
+
+def _on_winograd(op: Any, min_output: int) -> bool:
+    if op.name != "linalg.conv_2d_nchw_fchw" or min_output <= 0:
+        return False
+    (out_ch, in_ch, *kernel_hw), out_hw = op.operands[1].type.shape, op.results[0].type.shape[2:]
+    wide = in_ch >= WINOGRAD_MIN_CHANNELS and out_ch >= WINOGRAD_MIN_OUT_CHANNELS
+    return kernel_hw == [3, 3] and _conv_geometry(op) == ([1, 1], [1, 1]) and min(out_hw) >= min_output and wide
 
 
 # Y = Aᵀ·[(G·g·Gᵀ) ⊙ (Bᵀ·d·B)]·A per tile: F(6x6, 3x3) with the points IREE
@@ -242,11 +236,7 @@ def winograd_as_linalg(program: Program, min_output: int) -> tuple[Program, int]
 
     from optc.builder import Builder
 
-    if not winograd_convs(program, min_output):
-        return program, 0
-    copy = program.clone()
-    convs = winograd_convs(copy, min_output)
-    for conv in convs:
+    def rewrite(copy: Program, conv: Any) -> None:
         x, weight, init = conv.operands
         n, c, hp, wp = x.type.shape
         oc, (oh, ow) = weight.type.shape[0], init.type.shape[2:]
@@ -288,7 +278,8 @@ def winograd_as_linalg(program: Program, min_output: int) -> tuple[Program, int]
                             lambda a, i, _: b.add(a, i))
         conv.results[0].replace_all_uses_with(out)
         conv.erase()
-    return copy, len(convs)
+
+    return _rewrite_each(program, lambda op: _on_winograd(op, min_output), rewrite), len(winograd_convs(program, min_output))
 
 
 def depthwise_as_taps(program: Program) -> Program:
@@ -307,27 +298,22 @@ def depthwise_as_taps(program: Program) -> Program:
     bench``, 2 threads)."""
     from optc.builder import Builder
 
-    def found(p: Program) -> list[Any]:
-        return [op for op in walk_nested(p.module.operation) if op.name == "linalg.depthwise_conv_2d_nchw_chw"]
-
-    if not found(program):
-        return program
-    copy = program.clone()
-    for conv in found(copy):
+    def rewrite(copy: Program, conv: Any) -> None:
         x, weight, init = conv.operands
         strides, dilations = _conv_geometry(conv)
         n, c, oh, ow = init.type.shape
         taps = _taps(weight.type.shape[1:])
         with Builder(copy, before=conv) as b:
-            xt, wt = b.transpose(x, [0, 2, 3, 1]), b.transpose(weight, [1, 2, 0])
-            images = [b.slice(xt, [0, i * dilations[0], j * dilations[1], 0], [n, oh, ow, c], [1, *strides, 1]) for i, j in taps]
+            images = _nhwc_tap_slices(b, x, taps, strides, dilations, [n, oh, ow, c])
+            wt = b.transpose(weight, [1, 2, 0])
             # one weight vector per tap: a map with constant indices (c, i, j) left IREE's generic scalar
             kernels = [b.collapse(b.slice(wt, [i, j, 0], [1, 1, c]), [[0, 1, 2]]) for i, j in taps]
             summed = _sum_of_taps(b, images, kernels, "(n, h, w, c) -> (n, h, w, c)", "(n, h, w, c) -> (c)", b.transpose(init, [0, 2, 3, 1]))
             out = b.transpose(summed, [0, 3, 1, 2])
         conv.results[0].replace_all_uses_with(out)
         conv.erase()
-    return copy
+
+    return _rewrite_each(program, lambda op: op.name == "linalg.depthwise_conv_2d_nchw_chw", rewrite)
 
 
 def single_channel_convs_as_taps(program: Program) -> Program:
@@ -352,14 +338,10 @@ def single_channel_convs_as_taps(program: Program) -> Program:
     from optc.builder import Builder
     from optc.time_batching import is_zero_fill
 
-    def found(p: Program) -> list[Any]:
-        return [op for op in walk_nested(p.module.operation) if op.name == "linalg.conv_2d_nchw_fchw"
-                and op.operands[1].type.shape[1] == 1 and op.operands[1].type.shape[2] * op.operands[1].type.shape[3] > 1]
+    def one_channel(op: Any) -> bool:
+        return op.name == "linalg.conv_2d_nchw_fchw" and op.operands[1].type.shape[1] == 1 and op.operands[1].type.shape[2] * op.operands[1].type.shape[3] > 1
 
-    if not found(program):
-        return program
-    copy = program.clone()
-    for conv in found(copy):
+    def rewrite(copy: Program, conv: Any) -> None:
         x, weight, init = conv.operands
         strides, dilations = _conv_geometry(conv)
         n, f, oh, ow = init.type.shape
@@ -374,7 +356,7 @@ def single_channel_convs_as_taps(program: Program) -> Program:
                 out = _sum_of_taps(b, images, kernels, "(n, f, h, w) -> (n, h, w)", "(n, f, h, w) -> (f)", init)
                 conv.results[0].replace_all_uses_with(out)
                 conv.erase()
-                continue
+                return
             image, maps = channels
             batch, c = image.type.shape[:2]
             if ow % PACKED_ROWS == 0:  # IREE fuses the matmul's operand packing into the taps, and leaves them scalar
@@ -382,8 +364,7 @@ def single_channel_convs_as_taps(program: Program) -> Program:
                 summed = _sum_of_taps(b, images, kernels, "(n, c, f, h, w) -> (n, c, h, w)", "(n, c, f, h, w) -> (f)", b.zeros([batch, c, f, oh, ow], image))
                 out = b.collapse(summed, [[0], [1, 2], [3], [4]])
             else:
-                xt = b.transpose(image, [0, 2, 3, 1])
-                images = [b.slice(xt, [0, i * dilations[0], j * dilations[1], 0], [batch, oh, ow, c], [1, *strides, 1]) for i, j in taps]
+                images = _nhwc_tap_slices(b, image, taps, strides, dilations, [batch, oh, ow, c])
                 summed = _sum_of_taps(b, images, kernels, "(n, h, w, c, f) -> (n, h, w, c)", "(n, h, w, c, f) -> (f)",
                                       b.zeros([batch, oh, ow, c, f], image))
                 out = b.transpose(b.collapse(summed, [[0], [1], [2], [3, 4]]), [0, 3, 1, 2])
@@ -391,7 +372,8 @@ def single_channel_convs_as_taps(program: Program) -> Program:
         maps.results[0].replace_all_uses_with(out)
         for op in (maps, flat.operation, conv):
             op.erase()
-    return copy
+
+    return _rewrite_each(program, one_channel, rewrite)
 
 
 def max_pools_as_taps(program: Program) -> Program:
@@ -405,20 +387,13 @@ def max_pools_as_taps(program: Program) -> Program:
 
     from optc.builder import Builder
 
-    def found(p: Program) -> list[Any]:
-        return [op for op in walk_nested(p.module.operation) if op.name == "linalg.pooling_nchw_max"]
-
-    if not found(program):
-        return program
-    copy = program.clone()
-    for pool in found(copy):
+    def rewrite(copy: Program, pool: Any) -> None:
         x, window, init = pool.operands
         strides, dilations = _conv_geometry(pool)
         n, c, oh, ow = init.type.shape
         taps = _taps(window.type.shape)
         with Builder(copy, before=pool) as b:
-            xt = b.transpose(x, [0, 2, 3, 1])
-            images = [b.slice(xt, [0, i * dilations[0], j * dilations[1], 0], [n, oh, ow, c], [1, *strides, 1]) for i, j in taps]
+            images = _nhwc_tap_slices(b, x, taps, strides, dilations, [n, oh, ow, c])
 
             def body(*args: Any) -> Any:
                 largest = args[-1]
@@ -431,7 +406,25 @@ def max_pools_as_taps(program: Program) -> Program:
             out = b.transpose(largest, [0, 3, 1, 2])
         pool.results[0].replace_all_uses_with(out)
         pool.erase()
+
+    return _rewrite_each(program, lambda op: op.name == "linalg.pooling_nchw_max", rewrite)
+
+
+def _rewrite_each(program: Program, picked: Callable[[Any], bool], rewrite: Callable[[Program, Any], None]) -> Program:
+    """A copy of ``program`` with ``rewrite(copy, op)`` applied to every op (in any
+    function of the module) that ``picked`` selects; ``program`` itself when none is."""
+    if not any(picked(op) for op in walk_nested(program.module.operation)):
+        return program
+    copy = program.clone()
+    for op in [op for op in walk_nested(copy.module.operation) if picked(op)]:
+        rewrite(copy, op)
     return copy
+
+
+def _nhwc_tap_slices(b: Any, x: Any, taps: list[tuple[int, int]], strides: list[int], dilations: list[int], out_nhwc: list[int]) -> list[Any]:
+    """Per tap (i, j), the strided slice x[n, oh·sh + i·dh, ow·sw + j·dw, c] of the NCHW image ``x`` made channels-last."""
+    xt = b.transpose(x, [0, 2, 3, 1])
+    return [b.slice(xt, [0, i * dilations[0], j * dilations[1], 0], out_nhwc, [1, *strides, 1]) for i, j in taps]
 
 
 def _channels_as_images(conv: Any) -> tuple[Any, Any] | None:
