@@ -337,7 +337,7 @@ class Calibration:
             raise KeyError(f"no calibration statistics for layer {layer!r}")
         probe = self._compiled()
         if self._stored(probe):
-            return self.moments(layer, {}).goo
+            return self._sums(probe, layer, {}, None)["cc"]
         if self._grams is None:
             # one sum per layer, in float32: half the memory of all the in×in matrices
             sums = {p.layer: _Products(p.width, [("oo", 0, 0)], np.float32) for p in probe.probes}
@@ -347,38 +347,48 @@ class Calibration:
             self._grams = {name: total.flush()["oo"] / self._count(probe.probes, name) for name, total in sums.items()}
         return self._grams[layer].astype(np.float64)
 
-    def cross(self, layer: str, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(E[x̃·x̃ᵀ], E[x·x̃ᵀ]) for ``layer``, where x̃ is its input when the layers
-        in ``weights`` (original layer -> array in the parameter's layout) compute
-        with those weights and x its original input, row for row. Solving a layer
-        against x̃ corrects the error that already-compressed layers feed it."""
-        d = self.moments(layer, weights)
-        return d.gcc, d.goc
-
-    def moments(self, layer: str, weights: dict[str, np.ndarray]) -> "LayerData":
-        """``layer``'s input moments with the layers in ``weights`` changed (see
-        ``cross``), measured for this layer alone: a sequential solver holds one
-        layer's matrices at a time, not every layer's Gram."""
+    def moments(self, layer: str, weights: dict[str, np.ndarray], w: np.ndarray) -> "LayerData":
+        """What a solver needs to reconstruct the outputs ``w``·x of ``layer``
+        (``w``: out×in, in the layer's input space) from its inputs x̃ when the
+        layers in ``weights`` (original layer -> array in the parameter's layout)
+        compute with those weights, x being its original input, row for row.
+        Solving a layer against x̃ corrects the error that already-compressed
+        layers feed it. Measured for this layer alone: a sequential solver holds
+        one layer's matrices at a time, not every layer's Gram."""
         if not self.measures(layer):
             raise KeyError(f"no calibration statistics for layer {layer!r}")
         probe = self._compiled()
+        if not weights:
+            return LayerData.same(self._sums(probe, layer, {}, None)["cc"], w)
+        sums = self._sums(probe, layer, weights, np.ascontiguousarray(w, dtype=np.float32))
+        return LayerData(sums["cc"], sums["yc"], float(sums["yy"]), sequential=True)
+
+    def _sums(self, probe: _CompiledProbe, layer: str, weights: dict[str, np.ndarray], w: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Means over ``layer``'s input rows: ``cc`` = E[x̃·x̃ᵀ]; with ``w`` also
+        ``yc`` = E[(w·x)·x̃ᵀ] and ``yy`` = E‖w·x‖², where x̃ is the input under
+        ``weights`` (x itself when empty)."""
         at = [i for i, p in enumerate(probe.probes) if p.layer == layer]
-        sums = _Products(probe.probes[at[0]].width, [("oo", 0, 0), ("cc", 1, 1), ("oc", 0, 1)] if weights else [("oo", 0, 0)])
+        width = probe.probes[at[0]].width
+        sums = _Products(width, [("cc", 1, 1), ("yc", 0, 1)] if w is not None else [("cc", 0, 0)])
+        yy = 0.0
         self._stored(probe)  # the original results before the changed run: it can then start at a stored cut
         originals = self._originals(probe, at)
         # the changed run first: zip then runs it to its end, where it keeps the cuts it stored
         pairs = zip(self._run(probe, weights, at), originals) if weights else (((None, real), (outs, real)) for outs, real in originals)
         for (changed, _), (outs, real) in pairs:
             for k, i in enumerate(at):
-                rows = [_rows(outs[k][:real], probe.probes[i])]
-                if changed is not None:
-                    rows.append(_rows(changed[k][:real], probe.probes[i]))
-                sums.add(*rows)
+                x = _rows(outs[k][:real], probe.probes[i])
+                if w is None:
+                    sums.add(x)
+                    continue
+                y = x @ w.T  # the layer's reference outputs: W·E[x·x̃ᵀ] without the in×in E[x·x̃ᵀ]
+                yy += float(np.einsum("ij,ij->", y, y, dtype=np.float64))
+                sums.add(y, _rows(changed[k][:real], probe.probes[i]) if changed is not None else x)
         n = self._count(probe.probes, layer)
         totals = sums.flush()
         for m in totals.values():
             m /= n
-        return LayerData(totals["oo"], totals["cc"], totals["oc"]) if weights else LayerData.same(totals["oo"])
+        return {**totals, "yy": yy / n}
 
     def release(self) -> None:
         """Drop the kept Gram matrices (measured again on next use): a sequential
@@ -469,54 +479,61 @@ class Calibration:
 
 @dataclass
 class LayerData:
-    """Second moments of a layer's inputs: x as in the original model, x̃ as the
-    compressed model feeds it (x̃ = x unless solving sequentially)."""
+    """What a solver needs to reconstruct a layer's outputs W·x from inputs x̃:
+    x as in the original model, x̃ as the compressed model feeds it (x̃ = x
+    unless solving sequentially). Only E[x̃·x̃ᵀ] is in×in: W·E[x·x̃ᵀ] and E‖W·x‖²
+    are measured through W, so a layer with 4,608 inputs holds one 170 MB
+    matrix, not three."""
 
-    goo: np.ndarray  # E[x·xᵀ]
-    gcc: np.ndarray  # E[x̃·x̃ᵀ]
-    goc: np.ndarray  # E[x·x̃ᵀ]
+    gcc: np.ndarray  # E[x̃·x̃ᵀ] (in×in)
+    target: np.ndarray  # W·E[x·x̃ᵀ] (out×in)
+    base: float  # E‖W·x‖²
+    sequential: bool = False  # x̃ measured under changed earlier layers
 
     @classmethod
-    def same(cls, gram: np.ndarray) -> "LayerData":
-        return cls(gram, gram, gram)
+    def same(cls, gram: np.ndarray, w: np.ndarray) -> "LayerData":
+        """x̃ = x, with E[x·xᵀ] = ``gram``."""
+        target = w.astype(np.float64) @ gram
+        return cls(gram, target, float(np.sum(target * w)))
 
     def through(self, inputs: np.ndarray | None) -> "LayerData":
-        """The moments of the inputs xᵀ·T a structured matrix reads (``Structure.input_map``; None: x itself)."""
+        """The data of the structured inputs xᵀ·T a structured matrix reads
+        (``Structure.input_map``; None: x itself), for W measured as the layer's
+        effective weight (the structured matrix · Tᵀ)."""
         if inputs is None:
             return self
-        return LayerData(*(inputs.T @ g @ inputs for g in (self.goo, self.gcc, self.goc)))
+        return LayerData(inputs.T @ self.gcc @ inputs, self.target @ inputs, self.base, self.sequential)
 
 
-def objective(w: np.ndarray, z: np.ndarray, d: LayerData) -> float:
+def objective(z: np.ndarray, d: LayerData) -> float:
     """‖W·X − Z·X̃‖² relative to ‖W·X‖²: the output error of weights Z fed x̃."""
-    return reconstruction_error(w, d)(z)
+    return reconstruction_error(d)(z)
 
 
-def reconstruction_error(w: np.ndarray, d: LayerData) -> Callable[[np.ndarray], float]:
-    """``objective(w, ·, d)`` with the terms that depend only on W computed once
-    (an iterative solver evaluates it every step), each term one matrix product."""
-    w = w.astype(np.float64)
-    base = float(np.sum((w @ d.goo) * w))
-    target = w @ d.goc
+def reconstruction_error(d: LayerData) -> Callable[[np.ndarray], float]:
+    """``objective(·, d)``, each evaluation two matrix products (an iterative solver evaluates it every step)."""
 
     def error(z: np.ndarray) -> float:
         z = z.astype(np.float64)
-        err = base - 2 * float(np.sum(target * z)) + float(np.sum((z @ d.gcc) * z))
-        return max(err, 0.0) / base if base > 0 else 0.0
+        err = d.base - 2 * float(np.sum(d.target * z)) + float(np.sum((z @ d.gcc) * z))
+        return max(err, 0.0) / d.base if d.base > 0 else 0.0
 
     return error
 
 
 def solve_in_order(
     method: str, layers: list[Layer], solve: Callable[[Layer, LayerData | None], Plan | Skip], ctx: MethodContext,
-    sequential: bool, passes: int = 1,
+    sequential: bool, passes: int = 1, reference: Callable[[Layer], np.ndarray] | None = None,
 ) -> dict[str, Plan | Skip]:
     """Every layer solved in program order, ``passes`` times: ``solve`` gets the
     layer's input statistics (None without --calib or for a layer not measured)
-    and returns a Plan whose ``dense`` (out×in) is what the layer will compute
-    with. With ``sequential`` each layer is solved on the inputs the layers
-    solved before it produce (one calibration run per layer), so it corrects
-    their error instead of fitting the dense model's activations."""
+    for reconstructing the outputs of ``reference(layer)`` (out×in in the
+    layer's input space; default: its matrix) and returns a Plan whose
+    ``dense`` (out×in) is what the layer will compute with. With
+    ``sequential`` each layer is solved on the inputs the layers solved before
+    it produce (one calibration run per layer), so it corrects their error
+    instead of fitting the dense model's activations."""
+    reference = reference or (lambda layer: layer.matrix())
     cal = ctx.calibration
     plans: dict[str, Plan | Skip] = {}
     solved: dict[str, np.ndarray] = {}  # layer -> its solved weights, parameter layout
@@ -527,7 +544,8 @@ def solve_in_order(
             ctx.progress(f"{method}: pass {step + 1}/{passes}, layer {i + 1}/{len(layers)} {layer.name}")
             data = None
             if cal is not None and cal.measures(layer.name):
-                data = cal.moments(layer.name, solved) if sequential else LayerData.same(cal.gram(layer.name))
+                w = reference(layer)
+                data = cal.moments(layer.name, solved, w) if sequential else LayerData.same(cal.gram(layer.name), w)
             plans[layer.name] = plan = solve(layer, data)
             if isinstance(plan, Plan):
                 solved[layer.name] = layer.from_matrix(np.asarray(plan.dense, dtype=np.float32))

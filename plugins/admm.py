@@ -73,8 +73,9 @@ class AdmmOptions(SelectionOptions):
 # ----------------------------------------------------------------------------- solver
 
 
-def _damped(g: np.ndarray, damp: float) -> np.ndarray:
-    return g + damp * (float(np.mean(np.diag(g))) or 1.0) * np.eye(len(g))
+def _damping(g: np.ndarray, damp: float) -> float:
+    """What is added to G's diagonal: ``damp`` times its mean."""
+    return damp * (float(np.mean(np.diag(g))) or 1.0)
 
 
 def admm(
@@ -86,13 +87,13 @@ def admm(
     every feasible iterate Z_0 = Π(W), Z_1, … (the history the tests check)."""
     w = w.astype(np.float64)
     z = project(w)
-    error = reconstruction_error(w, d)
+    error = reconstruction_error(d)
     history = [error(z)]
     best, best_obj = z, history[0]
     if not iterations:
         return best, history
-    evals, q = np.linalg.eigh(_damped(d.gcc, damp))
-    target = w @ d.goc  # the Ŵ-step solves Ŵ·(G̃ + ρI) = W·E[x·x̃ᵀ] + ρ(Z − U)
+    evals, q = np.linalg.eigh(d.gcc + _damping(d.gcc, damp) * np.eye(len(d.gcc)))
+    target = d.target  # the Ŵ-step solves Ŵ·(G̃ + ρI) = W·E[x·x̃ᵀ] + ρ(Z − U)
     u = np.zeros_like(w)
     r = rho * (float(np.mean(np.diag(d.gcc))) or 1.0)
     for _ in range(iterations):
@@ -107,20 +108,21 @@ def admm(
     return best, history
 
 
-def masked_least_squares(w: np.ndarray, d: LayerData, mask: np.ndarray, damp: float) -> np.ndarray:
+def masked_least_squares(d: LayerData, mask: np.ndarray, damp: float) -> np.ndarray:
     """argmin ‖W·X − Ŵ·X̃‖² with Ŵ zero outside ``mask``: per row,
-    Ŵ[S] = (W·E[x·x̃ᵀ])[S]·G̃[S,S]⁻¹. Rows that share a support (a bcr block) share one solve."""
-    g = _damped(d.gcc, damp)
-    target = w.astype(np.float64) @ d.goc
-    out = np.zeros(w.shape, dtype=np.float64)
+    Ŵ[S] = (W·E[x·x̃ᵀ])[S]·G̃[S,S]⁻¹. Rows that share a support (a bcr block)
+    share one solve; only each support's block of G̃ is damped (a copy of the
+    whole in×in G̃ would be its largest allocation)."""
+    lam = _damping(d.gcc, damp)
+    out = np.zeros(mask.shape, dtype=np.float64)
     groups: dict[bytes, list[int]] = {}
     for i, row in enumerate(mask):
         groups.setdefault(np.packbits(row).tobytes(), []).append(i)
     for rows in groups.values():
         support = np.flatnonzero(mask[rows[0]])
         if len(support):
-            gs = g[np.ix_(support, support)]
-            out[np.ix_(rows, support)] = np.linalg.solve(gs, target[np.ix_(rows, support)].T).T
+            gs = d.gcc[np.ix_(support, support)] + lam * np.eye(len(support))
+            out[np.ix_(rows, support)] = np.linalg.solve(gs, d.target[np.ix_(rows, support)].T).T
     return out
 
 
@@ -183,6 +185,12 @@ class Admm(LayerMethod):
                 todo.append((layer, mode, layer.matrix(), layer.structure.mask() if layer.structure is not None else None))
         matrices = {layer.name: (mode, matrix, fixed) for layer, mode, matrix, fixed in todo}
 
+        def effective(layer: Layer) -> np.ndarray:
+            """The weight whose outputs are reconstructed, in the layer's input space."""
+            matrix = matrices[layer.name][1]
+            inputs = layer.structure.structure.input_map() if layer.structure is not None else None
+            return matrix if inputs is None else matrix @ inputs.T
+
         def solve(layer: Layer, data: LayerData | None) -> Plan:
             assert data is not None  # admm solves only measured layers (admissible)
             mode, matrix, fixed = matrices[layer.name]
@@ -190,7 +198,7 @@ class Admm(LayerMethod):
                 data = data.through(layer.structure.structure.input_map())
             return self._solve(layer.name, matrix, data, fixed, mode, options.for_layer(layer.name))
 
-        plans.update(solve_in_order(self.name, [t[0] for t in todo], solve, ctx, options.sequential, options.passes))
+        plans.update(solve_in_order(self.name, [t[0] for t in todo], solve, ctx, options.sequential, options.passes, reference=effective))
         return [plans[layer.name] for layer in layers]
 
     def _solve(self, layer: str, matrix: np.ndarray, data: LayerData, fixed: np.ndarray | None, mode: str, options: AdmmOptions) -> Plan:
@@ -212,13 +220,13 @@ class Admm(LayerMethod):
         z, history = admm(matrix, data, projection(mask_of, bits), iterations, options.rho, options.damp)
         mask = fixed if fixed is not None else z != 0
         quantized = quantize(z.astype(np.float32), bits) if bits else None
-        dense = quantized.dequantized() if quantized else masked_least_squares(matrix, data, mask, options.damp).astype(np.float32)
+        dense = quantized.dequantized() if quantized else masked_least_squares(data, mask, options.damp).astype(np.float32)
         structure = {"unstructured": lambda: Unstructured(mask), "nm": lambda: NM(options.n, options.m, mask)}.get(mode if fixed is None else "")
         details = {
             "density": float(mask.mean()),
             "objective_first": history[0],
             "objective_admm": min(history),
-            "objective_final": objective(matrix, dense, data),
+            "objective_final": objective(dense, data),
             "iterations": iterations,
             "sequential": options.sequential,
         }

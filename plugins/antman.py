@@ -91,14 +91,14 @@ def _inv_sqrt(c: np.ndarray, damp: float) -> np.ndarray:
 
 def fit_low_rank(w: np.ndarray, rank: int, stats: tuple[np.ndarray, np.ndarray] | None = None, damp: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """A (in×r), B (r×out) with Ŵᵀ = A·B minimizing ‖W·X − Ŵ·X̃‖² for
-    ``stats`` = (C = E[x̃x̃ᵀ], D = E[x·x̃ᵀ]); without stats the truncated SVD of W."""
+    ``stats`` = (C = E[x̃x̃ᵀ], W·E[x·x̃ᵀ]); without stats the truncated SVD of W."""
     w = w.astype(np.float64)
     if stats is None:
         u, s, vt = np.linalg.svd(w, full_matrices=False)
         return (vt[:rank].T * s[:rank]), u[:, :rank].T
-    c, d = stats
+    c, target = stats
     c_isqrt = _inv_sqrt(c, damp)
-    u, s, vt = np.linalg.svd(w @ d @ c_isqrt, full_matrices=False)
+    u, s, vt = np.linalg.svd(target @ c_isqrt, full_matrices=False)
     return c_isqrt @ (vt[:rank].T * s[:rank]), u[:, :rank].T
 
 
@@ -111,7 +111,7 @@ def group_layout(out_dim: int, in_dim: int, groups: int) -> tuple[np.ndarray, np
 
 def fit_groups(w: np.ndarray, groups: int, stats: tuple[np.ndarray, np.ndarray] | None = None, damp: float = 1e-6) -> np.ndarray:
     """The [G, in/G, out/G] blocks of the block-diagonal Ŵ (x·block per group):
-    W's own entries, or each block's least squares fit with ``stats`` (C, D)."""
+    W's own entries, or each block's least squares fit with ``stats`` (C, W·D) as in fit_low_rank."""
     w = w.astype(np.float64)
     rows, cols = group_layout(*w.shape, groups)
     blocks = []
@@ -119,10 +119,10 @@ def fit_groups(w: np.ndarray, groups: int, stats: tuple[np.ndarray, np.ndarray] 
         if stats is None:
             blocks.append(w[np.ix_(r, k)].T)
         else:
-            c, d = stats
+            c, target = stats
             ck = c[np.ix_(k, k)]
             lam = damp * max(float(np.mean(np.diag(ck))), 1e-30)
-            rhs = (w[r] @ d[:, k]).T  # (in/G)×(out/G)
+            rhs = target[np.ix_(r, k)].T  # (in/G)×(out/G)
             blocks.append(np.linalg.solve(ck + lam * np.eye(len(k)), rhs))
     return np.stack(blocks)
 
@@ -185,7 +185,7 @@ class AntMan(LayerMethod):
 
         def fit(layer: Layer, data: LayerData | None) -> Plan:
             opts, w = matrices[layer.name]
-            return self._fit(w, opts, (data.gcc, data.goc) if data is not None else None, fitted=data is not None)
+            return self._fit(w, opts, (data.gcc, data.target) if data is not None else None, fitted=data is not None)
 
         passes = options.passes if ctx.calibration is not None else 1
         plans.update(solve_in_order(self.name, [t[0] for t in todo], fit, ctx, sequential=True, passes=passes))

@@ -95,11 +95,11 @@ def coefficients(matrix: np.ndarray, bases: np.ndarray, keep: np.ndarray | None,
     w = matrix.astype(np.float64)
     if data is None and keep is None:
         return w @ t  # orthonormal bases: the projection is the least-squares fit
-    d = data if data is not None else LayerData.same(np.eye(cols))
+    d = data if data is not None else LayerData.same(np.eye(cols), w)
     gt = t.T @ d.gcc @ t  # the second moment of the basis maps
     if data is not None:
         gt += damp * (float(np.mean(np.diag(gt))) or 1.0) * np.eye(len(gt))
-    target = w @ d.goc @ t
+    target = d.target @ t
     if keep is None:
         return np.linalg.solve(gt, target.T).T
     coef = np.zeros((out, t.shape[1]))
@@ -163,8 +163,8 @@ class Penni(LayerMethod):
         details = {"bases": nb, "kernel": kernel, "groups": groups, "maps": int(structure.maps().size), "coef_density": float(keep.mean()),
                    "energy_kept": kept, "calibrated": data is not None, "macs_ratio": layer.macs / macs}
         if data is not None:
-            details["output_error"] = objective(matrix, dense, data)
-            details["sequential"] = data.gcc is not data.goo
+            details["output_error"] = objective(dense, data)
+            details["sequential"] = data.sequential
         action = f"decomposed into {nb} basis kernels" + (f", {keep.mean():.0%} of coefficients kept" if options.coef_keep < 1.0 else "")
         return Plan(action, details, structure=structure, coef=coef.astype(np.float32), dense=dense, form=options.form)
 

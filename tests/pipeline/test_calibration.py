@@ -79,16 +79,21 @@ def test_gram_of_a_conv_is_over_im2col_patches_in_weight_order():
     assert np.allclose(cal.gram("stem.weight"), rows.T @ rows / len(rows), atol=1e-6)
 
 
-def test_cross_statistics_see_the_changed_weights():
+def test_statistics_under_changed_weights_see_them():
     _, p = lowered("mlp")
     x = np.random.default_rng(1).normal(size=(8, 256)).astype(np.float32)
     cal = Calibration(Samples(Path("x"), [x], None), p, _host_runner)
     zeroed = {"0.weight": np.zeros_like(p.params["0.weight"])}
-    gcc, goc = cal.cross("2.weight", zeroed)
+    w2 = matrices(p)["2.weight"]
+    d = cal.moments("2.weight", zeroed, w2)
     # with layer 0's weights zero, layer 2 sees relu(bias) for every sample
     h = np.maximum(p.params["0.bias"], 0).astype(np.float64)
-    assert np.allclose(gcc, np.outer(h, h), atol=1e-5)
-    assert not np.allclose(goc, cal.gram("2.weight"))
+    assert np.allclose(d.gcc, np.outer(h, h), atol=1e-5)
+    assert d.sequential and not np.allclose(d.target, w2 @ cal.gram("2.weight"))
+
+
+def matrices(p) -> dict[str, np.ndarray]:
+    return {layer.name: layer.matrix().astype(np.float64) for layer in p.layers()}
 
 
 def test_statistics_under_changed_weights_reuse_one_compiled_probe():
@@ -103,17 +108,24 @@ def test_statistics_under_changed_weights_reuse_one_compiled_probe():
         return _host_runner(program)
 
     cal = Calibration(Samples(Path("x"), [x], None), p, counting)
+    w = matrices(p)
     half = {"0.weight": p.params["0.weight"] * 0.5}
-    d2 = cal.moments("2.weight", half)
-    d4 = cal.moments("4.weight", {**half, "2.weight": p.params["2.weight"] * 0.5})
+    d2 = cal.moments("2.weight", half, w["2.weight"])
+    d4 = cal.moments("4.weight", {**half, "2.weight": p.params["2.weight"] * 0.5}, w["4.weight"])
     assert len(compiled) == 1
     # layer 2 reads relu(0.5·W0·x + b0): its changed input, measured on the host
     w0, b0 = p.params["0.weight"].astype(np.float64), p.params["0.bias"].astype(np.float64)
     h, hc = np.maximum(x @ w0.T + b0, 0), np.maximum(x @ (0.5 * w0).T + b0, 0)
     assert np.allclose(d2.gcc, hc.T @ hc / len(x), rtol=1e-4, atol=1e-5)
-    assert np.allclose(d2.goc, h.T @ hc / len(x), rtol=1e-4, atol=1e-5)
-    assert np.allclose(d2.goo, cal.gram("2.weight"), rtol=1e-6, atol=1e-8)
-    assert not np.allclose(d4.gcc, d4.goo)
+    # the outputs to reconstruct are the original model's: W2·E[h·h̃ᵀ] and E‖W2·h‖², without the in×in E[h·h̃ᵀ]
+    assert np.allclose(d2.target, w["2.weight"] @ h.T @ hc / len(x), rtol=1e-4, atol=1e-5)
+    assert d2.base == pytest.approx(np.sum((h @ w["2.weight"].T) ** 2) / len(x), rel=1e-5)
+    assert not np.allclose(d4.gcc, cal.gram("4.weight"))
+    # unchanged weights: x̃ = x, everything from the Gram matrix
+    same = cal.moments("2.weight", {}, w["2.weight"])
+    np.testing.assert_allclose(same.gcc, cal.gram("2.weight"), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(same.target, w["2.weight"] @ same.gcc)
+    assert same.base == pytest.approx(np.sum((h @ w["2.weight"].T) ** 2) / len(x), rel=1e-4) and not same.sequential
     assert len(compiled) == 1
 
 
@@ -153,9 +165,10 @@ def test_sequential_moments_start_at_stored_cuts_and_equal_full_runs(monkeypatch
     stored = Calibration(Samples(Path("x"), [x], None), p, lambda program: CountingSession(_host_runner(program), calls))
     layers = [layer.name for layer in p.layers() if stored.measures(layer.name)]
     assert len(layers) >= 3
+    w = matrices(p)
     solved, incremental = {}, []
     for name in layers:
-        incremental.append(stored.moments(name, dict(solved)))
+        incremental.append(stored.moments(name, dict(solved), w[name]))
         solved[name] = p.params[name] * 0.9
     assert len(stored._probe.segments) == len(layers)  # a cut between every two layers
     assert calls["main"] == 2 * len(x)
@@ -165,8 +178,8 @@ def test_sequential_moments_start_at_stored_cuts_and_equal_full_runs(monkeypatch
     whole = Calibration(Samples(Path("x"), [x], None), p, _host_runner)
     solved = {}
     for name, d in zip(layers, incremental):
-        full = whole.moments(name, dict(solved))
-        for a, b in ((d.goo, full.goo), (d.gcc, full.gcc), (d.goc, full.goc)):
+        full = whole.moments(name, dict(solved), w[name])
+        for a, b in ((d.gcc, full.gcc), (d.target, full.target), (d.base, full.base)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         solved[name] = p.params[name] * 0.9
     assert whole._store is None and not whole._cuts
@@ -182,9 +195,9 @@ def test_objective_is_the_relative_output_error():
     rng = np.random.default_rng(3)
     x, xc = rng.normal(size=(50, 7)), rng.normal(size=(50, 7))
     w, z = rng.normal(size=(4, 7)), rng.normal(size=(4, 7))
-    d = LayerData(x.T @ x, xc.T @ xc, x.T @ xc)
+    d = LayerData(xc.T @ xc, w @ x.T @ xc, float(np.sum((x @ w.T) ** 2)))
     expected = np.sum((x @ w.T - xc @ z.T) ** 2) / np.sum((x @ w.T) ** 2)
-    assert objective(w, z, d) == pytest.approx(expected, rel=1e-9)
+    assert objective(z, d) == pytest.approx(expected, rel=1e-9)
 
 
 # --------------------------------------------------------------------------- damaged and hostile sample files

@@ -32,27 +32,27 @@ def correlated_layer(seed=0, out=48, k=64, rows=512):
 def test_objective_decreases_over_iterations(bits):
     w, g = correlated_layer()
     project = projection(lambda v: unstructured_mask(v, 0.25), bits)
-    best, history = admm(w, LayerData.same(g), project, iterations=40, rho=0.05, damp=0.01)
+    best, history = admm(w, LayerData.same(g, w), project, iterations=40, rho=0.05, damp=0.01)
     assert len(history) == 41
     assert history[-1] < 0.35 * history[0], history  # far better than pruning/rounding W itself
     # While ρ is small the iterates explore (the objective may rise); from its peak
     # on, the objective falls and never rises again by more than 1% of where it began.
     after_peak = np.array(history[int(np.argmax(history)):])
     assert (np.diff(after_peak) <= 0.01 * history[0]).all(), history
-    assert objective(w, best, LayerData.same(g)) == pytest.approx(min(history))
+    assert objective(best, LayerData.same(g, w)) == pytest.approx(min(history))
 
 
 def test_least_squares_polish_is_optimal_for_its_mask():
     w, g = correlated_layer(1)
-    d = LayerData.same(g)
+    d = LayerData.same(g, w)
     mask = unstructured_mask(w, 0.3)
-    solved = masked_least_squares(w, d, mask, damp=0.0)
+    solved = masked_least_squares(d, mask, damp=0.0)
     assert not solved[~mask].any()
-    base = objective(w, solved, d)
+    base = objective(solved, d)
     rng = np.random.default_rng(0)
     for _ in range(5):  # any perturbation inside the mask is worse
-        assert objective(w, solved + mask * rng.normal(scale=1e-2, size=w.shape), d) > base
-    assert base < objective(w, np.where(mask, w, 0), d)  # and better than keeping W's values
+        assert objective(solved + mask * rng.normal(scale=1e-2, size=w.shape), d) > base
+    assert base < objective(np.where(mask, w, 0), d)  # and better than keeping W's values
 
 
 def test_nm_mask_keeps_n_of_every_m():
@@ -132,13 +132,14 @@ def test_inside_a_fixed_mask_without_levels_the_exact_optimum_is_taken_without_i
     result = run_admm(p, ctx, sequential="false")
     assert len(result.changes) == 3
     for change in result.changes:
-        w, mask, d = original[change.layer], masks[change.layer], LayerData.same(cal.gram(change.layer))
+        w, mask = original[change.layer], masks[change.layer]
+        d = LayerData.same(cal.gram(change.layer), w)
         assert change.details["iterations"] == 0, change
-        exact = masked_least_squares(w, d, mask, damp=0.01)
+        exact = masked_least_squares(d, mask, damp=0.01)
         np.testing.assert_allclose(result.reference_weights[change.layer], exact, rtol=1e-3, atol=1e-5)
         # 40 ADMM iterations in the same constraint set reach no lower objective
         best, _ = admm(w, d, projection(lambda v, m=mask: m, None), 40, 0.05, 0.01)
-        assert change.details["objective_final"] <= objective(w, best, d) * (1 + 1e-6)
+        assert change.details["objective_final"] <= objective(best, d) * (1 + 1e-6)
 
 
 def test_unstructured_density_is_what_was_asked():

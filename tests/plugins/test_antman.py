@@ -111,13 +111,13 @@ def test_calibration_fit_beats_the_plain_svd_on_gate_error():
     gram = x.T @ x / len(x)
     for rank in (4, 8):
         a, b = fit_low_rank(w, rank)
-        af, bf = fit_low_rank(w, rank, (gram, gram))
+        af, bf = fit_low_rank(w, rank, (gram, w @ gram))
         plain, fitted = gate_error(w, (a @ b).T, gram), gate_error(w, (af @ bf).T, gram)
         assert fitted < 0.9 * plain, (rank, fitted, plain)
-    blocks, fitted_blocks = fit_groups(w, 4), fit_groups(w, 4, (gram, gram))
+    blocks, fitted_blocks = fit_groups(w, 4), fit_groups(w, 4, (gram, w @ gram))
     assert gate_error(w, groups_dense(fitted_blocks, 48, 32), gram) < gate_error(w, groups_dense(blocks, 48, 32), gram)
     # at full rank, fitting is exact
-    af, bf = fit_low_rank(w, 32, (gram, gram), damp=0.0)
+    af, bf = fit_low_rank(w, 32, (gram, w @ gram), damp=0.0)
     np.testing.assert_allclose((af @ bf).T, w, atol=1e-8)
 
 

@@ -133,11 +133,11 @@ def test_calibrated_coefficients_reconstruct_the_output_better_than_the_projecti
     matrix = p.layers()[1].matrix()
     _, vt = kernel_bases(matrix, 9)
     t = np.kron(np.eye(8), vt[:2].T)
-    plain = objective(matrix, coefficients(matrix, vt[:2], None, None, 0.0) @ t.T, LayerData.same(gram))
+    plain = objective(coefficients(matrix, vt[:2], None, None, 0.0) @ t.T, LayerData.same(gram, matrix))
     assert change.details["output_error"] < 0.9 * plain, (change.details["output_error"], plain)
     # the program computes with the calibrated weights
     ref = run.result.reference_weights["b.weight"].reshape(16, -1)
-    assert objective(matrix, ref, LayerData.same(gram)) == pytest.approx(change.details["output_error"], rel=1e-3)
+    assert objective(ref, LayerData.same(gram, matrix)) == pytest.approx(change.details["output_error"], rel=1e-3)
     check_artifact(run)
 
 
@@ -153,15 +153,15 @@ def test_sequential_fit_corrects_the_error_the_earlier_decomposed_layer_passes_o
     assert not seq["a.weight"].details["sequential"]  # the first layer reads the model's input
     # b's inputs as the decomposed a produces them (a is fit the same way in both runs)
     a = independent_run.result.reference_weights["a.weight"]
-    data = LayerData(calibration.gram("b.weight"), *calibration.cross("b.weight", {"a.weight": a}))
     matrix = p.layers()[1].matrix()
+    data = calibration.moments("b.weight", {"a.weight": a}, matrix)
     independent_b = independent_run.result.reference_weights["b.weight"].reshape(16, -1)
     _, vt = kernel_bases(matrix, 9)
     plain_b = coefficients(matrix, vt[:2], None, None, 0.0) @ np.kron(np.eye(8), vt[:2].T).T
     seq_b = seq_run.result.reference_weights["b.weight"].reshape(16, -1)
-    assert objective(matrix, seq_b, data) == pytest.approx(seq["b.weight"].details["output_error"], rel=1e-3)
-    assert objective(matrix, seq_b, data) < 0.9 * objective(matrix, independent_b, data)
-    assert objective(matrix, independent_b, data) < objective(matrix, plain_b, data)
+    assert objective(seq_b, data) == pytest.approx(seq["b.weight"].details["output_error"], rel=1e-3)
+    assert objective(seq_b, data) < 0.9 * objective(independent_b, data)
+    assert objective(independent_b, data) < objective(plain_b, data)
 
 
 def test_pruned_coefficients_are_refit_and_unused_basis_maps_are_not_computed():
@@ -183,8 +183,9 @@ def test_pruned_coefficients_are_refit_and_unused_basis_maps_are_not_computed():
     gram = calibration.gram("b.weight")
     t = s.input_map()
     ref = run.result.reference_weights["b.weight"].reshape(16, -1)
-    unrefit = np.where(s.keep, coefficients(matrix, s.bases.astype(np.float64), None, LayerData.same(gram), 0.001), 0) @ t.T
-    assert objective(matrix, ref, LayerData.same(gram)) < objective(matrix, unrefit, LayerData.same(gram))
+    data = LayerData.same(gram, matrix)
+    unrefit = np.where(s.keep, coefficients(matrix, s.bases.astype(np.float64), None, data, 0.001), 0) @ t.T
+    assert objective(ref, data) < objective(unrefit, data)
 
 
 def test_admm_quantizes_the_published_coefficients_to_int8():
