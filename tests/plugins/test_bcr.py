@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from optc.api import MethodContext, build_options
 from optc.errors import OptionError
@@ -244,3 +245,54 @@ def test_method_contract_with_the_testing_kit():
     from optc.testing import check_method
 
     check_method(Bcr(), options={"block": 4, "col_keep": 0.5}, identity={"block": 2, "col_keep": 1, "row_keep": 1})
+
+
+class _Convs(torch.nn.Module):
+    """A biased 3×3 stride-2 conv, a 1×1 conv and a 3×3 dilated one, on a batch of two."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Conv2d(8, 32, 3, stride=2, padding=1)
+        self.b = torch.nn.Conv2d(32, 32, 1, bias=False)
+        self.c = torch.nn.Conv2d(32, 16, 3, padding=2, dilation=2)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def _convs():
+    from optc.load import Model
+    from optc.lower import lower
+
+    model = Model(_Convs().eval(), (torch.randn(2, 8, 15, 13),), "convs")
+    return model, lower(model)
+
+
+CONV_CHECKS = """
+// CHECK-LABEL: func.func @main
+// the kept columns' im2col, pixels innermost (batch 2 of 8x7 pixels), then (rows x kept columns) . (kept columns x pixels)
+// CHECK: linalg.generic {{.*}} ins(%{{.*}} : tensor<8xf32>) outs(%{{.*}} : tensor<1x36x2x8x7xf32>)
+// CHECK: tensor.extract %{{.*}}[%{{.*}}, %{{.*}}] : tensor<1x36xi32>
+// CHECK: linalg.matmul ins(%{{.*}}, %{{.*}} : tensor<16x36xf32>, tensor<36x112xf32>) outs(%{{.*}} : tensor<16x112xf32>)
+// the kept rows' pixel runs into the NCHW output
+// CHECK: linalg.generic {{.*}} ins(%{{.*}} : tensor<8xf32>) outs(%{{.*}} : tensor<2x32x8x7xf32>)
+// CHECK: tensor.extract %{{.*}}[%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}] : tensor<1x16x2x8x7xf32>
+"""
+
+
+@pytest.mark.parametrize("col_group", [0, 8])
+def test_pruned_convs_keep_pixels_innermost_and_match_the_pruned_reference(tmp_path, col_group):
+    model, p = _convs()
+    options = build_options("bcr", Bcr.Options, {"block": "8", "col_keep": "0.5", "row_keep": "0.5", "col_group": str(col_group)})
+    result = Bcr().apply(p, options, MethodContext())
+    p.verify()
+    assert len([c for c in result.changes if c.action.startswith("pruned")]) == 3
+    check = verify(model.module, result.reference_weights, compiled_outputs(p), p.example_inputs)
+    assert check.compile_error.max_rel <= 1e-5, check
+    assert check.compression_error.max_rel > 1e-3
+    if col_group == 0:  # a.weight: 32 rows in blocks of 8 keeping 4, 8·3·3 = 72 columns keeping 36
+        path = tmp_path / "checks.mlir"
+        path.write_text(CONV_CHECKS)
+        proc = subprocess.run([str(Path(sys.executable).parent / "filecheck"), str(path)], input=p.to_text(), capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
