@@ -52,13 +52,12 @@ FLAG_SETS: dict[str, CpuOptions] = {
     "default with winograd >= 56x56": CpuOptions(winograd=56),
     "default with winograd >= 28x28": CpuOptions(winograd=28),
     "default with winograd >= 7x7": CpuOptions(winograd=7),
-    # IREE folds the transpose that splits a fused q/k/v projection into the
-    # matmul, turning one 128x768x256 matmul into a 3x128x256x256 batch. BERT-
-    # shaped encoder, profile_dispatches.py: 0.69 ms per q/k/v launch with it,
-    # 0.52 + 0.04 (transpose) without. Not adopted: an A/B (1 thread, load ~3)
-    # was 1.13x faster on the reference encoder but 0.89x on one with distinct
-    # weights per layer (the reference's layers are copies, and without
-    # propagation IREE dedups them: 13.7 -> 4.3 MB artifact).
+    # IREE's transpose propagation, which the default turns off for programs
+    # with attention (targets/cpu.py: NO_TRANSPOSE_PROPAGATION, measured with
+    # these two sets). On the reference encoder its layers are copies, which
+    # IREE dedups without propagation (13.7 -> 4.3 MB artifact): measure
+    # attention models with distinct weights per layer.
+    "default with transpose propagation": CpuOptions(flags=("--iree-global-opt-propagate-transposes=true",)),
     "default without transpose propagation": CpuOptions(flags=("--iree-global-opt-propagate-transposes=false",)),
     "fast": CpuOptions(fast=False, flags=BASE),
     "fast + aggressive fusion": CpuOptions(fast=False, flags=(*BASE, "--iree-dispatch-creation-enable-aggressive-fusion")),
@@ -101,7 +100,7 @@ def main() -> None:
     from optc.bench import artifact_worker, eager_worker, time_workers
     from optc.driver import load_and_lower, log
     from optc.errors import CompileError
-    from optc.targets.cpu import CpuTarget, winograd_convs
+    from optc.targets.cpu import CpuTarget, attention_matmuls, winograd_convs
     from optc.verify import compare, eager_outputs
 
     unknown = [s for s in args.sets.split(",") if s and s not in FLAG_SETS]
@@ -117,7 +116,7 @@ def main() -> None:
         for name in chosen:
             opts = FLAG_SETS[name]
             winograd = len(winograd_convs(program, opts.winograd)) if opts.fast else 0
-            log(f"compiling '{name}' ({winograd} convs on Winograd): {' '.join(target.flags(opts, winograd=winograd > 0))}")
+            log(f"compiling '{name}' ({winograd} convs on Winograd): {' '.join(target.flags(opts, winograd=winograd > 0, attention=attention_matmuls(program) > 0))}")
             try:
                 art = target.compile(program, opts)
             except CompileError as e:

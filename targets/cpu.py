@@ -64,6 +64,16 @@ FAST_FLAGS = (
 # ResNet-18's dispatch time, measured with IREE's pass). Hoisted, const-eval
 # computes them once at compile time. Added only when some conv is rewritten.
 HOIST_WINOGRAD_FILTERS = "--iree-opt-const-expr-max-size-increase-threshold=1000000000000"
+# IREE's transpose propagation folds the head split and merge around attention
+# into its batch matmuls, whose batch dims then are not outermost: P·V of the
+# BERT-shaped encoder at batch 32 became matmul_like_128x32x4x64x128 at 11.6 ms
+# a launch, 2.7 ms as a batch matmul (profile_dispatches.py, 2 threads). With
+# distinct weights per layer (/tmp model, cpu_flags.py, 2026-12-05) batch 32 ran
+# 208.6 -> 172.5 ms without propagation and batch 1 5.77 -> 5.98 (noise);
+# programs without attention kept it: ResNet-18 22.89 / 23.13 ms, MobileNetV2
+# 8.39 / 8.52, LSTM 4.85 / 5.03 (with / without). So it is off only for
+# programs with attention (see attention_matmuls()).
+NO_TRANSPOSE_PROPAGATION = "--iree-global-opt-propagate-transposes=false"
 WINOGRAD_MIN_OUTPUT = 14
 WINOGRAD_F6_MIN_OUTPUT = 28
 # Winograd saves multiplications in its IC x OC product per tile point, while
@@ -138,20 +148,24 @@ class CpuTarget(Target):
     summary = "IREE llvm-cpu for the host CPU, runtime driver local-task (local-sync for small models)"
     Options = CpuOptions
 
-    def flags(self, options: CpuOptions, winograd: bool = False) -> list[str]:
-        """The iree-compile flags; ``winograd``: some conv is on Winograd."""
+    def flags(self, options: CpuOptions, winograd: bool = False, attention: bool = False) -> list[str]:
+        """The iree-compile flags; ``winograd``: some conv is on Winograd;
+        ``attention``: the program has attention's batch matmuls."""
         flags = [f"--iree-llvmcpu-target-cpu={options.cpu}"]
         if options.fast:
             flags += FAST_FLAGS
             if winograd:
                 flags.append(HOIST_WINOGRAD_FILTERS)
+            if attention and not any(f.startswith(NO_TRANSPOSE_PROPAGATION.split("=")[0]) for f in options.flags):
+                flags.append(NO_TRANSPOSE_PROPAGATION)
         return flags + list(options.flags)
 
     def compile(self, program: Program, options: Any) -> Artifact:
         try:
             prepared, on_winograd = winograd_as_linalg(max_pools_as_taps(single_channel_convs_as_taps(depthwise_as_taps(program))) if options.fast else program,
                                                        options.winograd if options.fast else 0)
-            artifact = compile_program(prepared, self.name, "llvm-cpu", self.flags(options, winograd=on_winograd > 0), options)
+            flags = self.flags(options, winograd=on_winograd > 0, attention=attention_matmuls(prepared) > 0)
+            artifact = compile_program(prepared, self.name, "llvm-cpu", flags, options)
         except CompileError as fast_error:
             if not options.fast:
                 raise
@@ -184,6 +198,13 @@ def auto_driver(program: Program) -> str:
     steps = max((len(layer.uses) for layer in p.layers()), default=1)
     small_steps = steps >= RNN_MIN_STEPS and sum(macs) < SYNC_MAX_MEAN_MACS * len(macs)
     return "local-sync" if small_steps else "local-task"
+
+
+def attention_matmuls(program: Program) -> int:
+    """Batch matmuls (in any function) whose two operands are both computed, not
+    weights: attention's Q·Kᵀ and P·V."""
+    return sum(1 for op in walk_nested(program.module.operation)
+               if op.name == "linalg.batch_matmul" and all(program.trace_param(v) is None for v in op.operands[:2]))
 
 
 def winograd_convs(program: Program, min_output: int) -> list[Any]:

@@ -410,3 +410,17 @@ def test_max_pools_become_taps_and_match_eager():
     assert "pooling" not in text and text.count("arith.maximumf") >= 9 + 6
     assert "[1, 2, 2, 1]" in text  # the strided pool's taps are strided slices (channels last)
     _compile_and_compare(model, p)
+
+
+def test_transpose_propagation_is_off_only_for_programs_with_attention():
+    from optc.targets.cpu import NO_TRANSPOSE_PROPAGATION, attention_matmuls
+
+    assert attention_matmuls(lowered("transformer")[1]) == 2  # Q·Kᵀ and P·V
+    assert attention_matmuls(lowered("lstm")[1]) == 0 and attention_matmuls(lowered("cnn")[1]) == 0
+    t = CpuTarget()
+    assert NO_TRANSPOSE_PROPAGATION in t.flags(CpuOptions(), attention=True)
+    assert NO_TRANSPOSE_PROPAGATION not in t.flags(CpuOptions())
+    assert NO_TRANSPOSE_PROPAGATION not in t.flags(CpuOptions(fast=False), attention=True)
+    mine = "--iree-global-opt-propagate-transposes=true"  # a user's own choice wins (IREE takes a flag once)
+    assert t.flags(CpuOptions(flags=(mine,)), attention=True).count(mine) == 1
+    assert NO_TRANSPOSE_PROPAGATION not in t.flags(CpuOptions(flags=(mine,)), attention=True)
