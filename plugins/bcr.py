@@ -30,8 +30,9 @@ When every column is kept the gather is dropped and one matmul ``x · Wc``
 transpose (blocks are contiguous rows), which IREE folds into the matmul. A
 convolution gathers straight from the (padded) image, so im2col and the column
 selection are one op, and keeps pixels innermost throughout (``Wcᵀ · Xg``,
-NCHW out), so its gather and scatter copy contiguous runs of pixels. Blocks are of rows only: GRIM's optional column blocks
-are not built (METHODS.md); a group's kept columns may lie anywhere.
+NCHW out), so its gather and scatter copy contiguous runs of pixels. Blocks
+are of rows only: GRIM's optional column blocks are not built (METHODS.md); a
+group's kept columns may lie anywhere.
 """
 
 from __future__ import annotations
