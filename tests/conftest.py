@@ -38,6 +38,14 @@ def _lowered(name: str):
     return _CACHE[name]
 
 
+def filecheck(tmp_path: Path, checks: str, text: str) -> None:
+    """Assert that ``text`` (IR) matches LLVM FileCheck ``checks``."""
+    path = tmp_path / "checks.mlir"
+    path.write_text(checks)
+    proc = subprocess.run([str(Path(sys.executable).parent / "filecheck"), str(path)], input=text, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def optc_cli(*args: str, cwd: Path = REPO, check: bool = False) -> subprocess.CompletedProcess:
     """Run the real `optc` console script of this environment."""
     exe = shutil.which("optc", path=str(Path(sys.executable).parent)) or "optc"

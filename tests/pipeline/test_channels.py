@@ -3,10 +3,6 @@ group leaves a valid program equal to the original with those channels zeroed.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,7 +13,7 @@ from optc.load import Model, load_model
 from optc.lower import lower
 from optc.targets.cpu import CpuOptions, CpuTarget
 from optc.verify import compare, eager_outputs, with_weights
-from tests.conftest import lowered
+from tests.conftest import filecheck, lowered
 
 
 def compiled_outputs(p):
@@ -196,14 +192,10 @@ CHECKS = """
 """
 
 
-def test_pruned_shapes_filecheck(tmp_path):
+def test_pruned_shapesfilecheck(tmp_path):
     _, program = small(TinyNet(), (1, 3, 2, 2))
     prune_channels(program, group(program, "conv.weight"), np.array([0, 2, 5]))
-    checks = tmp_path / "checks.mlir"
-    checks.write_text(CHECKS)
-    fc = Path(sys.executable).parent / "filecheck"
-    proc = subprocess.run([str(fc), str(checks)], input=program.to_text(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    filecheck(tmp_path, CHECKS, program.to_text())
 
 
 _REFERENCE: dict = {}

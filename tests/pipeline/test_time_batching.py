@@ -1,10 +1,6 @@
 """Time batching: the input projections of a stepped RNN become one matmul per
 weight, exactly; recurrent weights and single-op projections are left alone."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,7 +13,7 @@ from optc.plugins.lowrank import LowRank, LowRankOptions
 from optc.testing import compiled_outputs
 from optc.time_batching import time_batch
 from optc.verify import compare, eager_outputs, verify
-from tests.conftest import lowered
+from tests.conftest import filecheck, lowered
 
 EXACT = 1e-5
 
@@ -53,13 +49,9 @@ CHECKS = """
 """
 
 
-def test_rewritten_ir_has_one_input_projection_matmul_per_layer_filecheck(tmp_path):
+def test_rewritten_ir_has_one_input_projection_matmul_per_layerfilecheck(tmp_path):
     _, p, _, _ = batched("lstm_cells")
-    checks = tmp_path / "checks.mlir"
-    checks.write_text(CHECKS)
-    fc = Path(sys.executable).parent / "filecheck"
-    proc = subprocess.run([str(fc), str(checks)], input=p.to_text(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    filecheck(tmp_path, CHECKS, p.to_text())
     assert p.to_text().count("tensor<16x128xf32>) outs") == 1  # one input-projection matmul, not 8
 
 

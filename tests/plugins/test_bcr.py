@@ -3,10 +3,6 @@ options ask for (one column group: gather -> compact matmul -> scatter; several:
 gather -> batch_matmul over groups -> scatter), the compiled artifact
 reproduces the pruned reference, and bad options fail with one clear message."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,7 +12,7 @@ from optc.errors import OptionError
 from optc.plugins.bcr import Bcr, choose_blocks
 from optc.targets.cpu import CpuOptions, CpuTarget
 from optc.verify import compare, eager_outputs, verify
-from tests.conftest import lowered
+from tests.conftest import filecheck, lowered
 
 
 def apply(name, **opts):
@@ -128,13 +124,9 @@ GROUPS_CHECKS = """
 
 
 @pytest.mark.parametrize("checks, col_group", [(CHECKS, 4), (ONE_GROUP_CHECKS, 0), (GROUPS_CHECKS, 128)])
-def test_rewritten_ir_filecheck(tmp_path, checks, col_group):
+def test_rewritten_irfilecheck(tmp_path, checks, col_group):
     _, p, _ = apply("mlp", block=4, col_keep=0.25, row_keep=0.5, col_group=col_group, layers="0.weight")
-    path = tmp_path / "checks.mlir"
-    path.write_text(checks)
-    fc = Path(sys.executable).parent / "filecheck"
-    proc = subprocess.run([str(fc), str(path)], input=p.to_text(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    filecheck(tmp_path, checks, p.to_text())
 
 
 def test_col_group_shares_columns_across_its_blocks():
@@ -292,7 +284,4 @@ def test_pruned_convs_keep_pixels_innermost_and_match_the_pruned_reference(tmp_p
     assert check.compile_error.max_rel <= 1e-5, check
     assert check.compression_error.max_rel > 1e-3
     if col_group == 0:  # a.weight: 32 rows in blocks of 8 keeping 4, 8·3·3 = 72 columns keeping 36
-        path = tmp_path / "checks.mlir"
-        path.write_text(CONV_CHECKS)
-        proc = subprocess.run([str(Path(sys.executable).parent / "filecheck"), str(path)], input=p.to_text(), capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        filecheck(tmp_path, CONV_CHECKS, p.to_text())

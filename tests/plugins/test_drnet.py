@@ -22,6 +22,7 @@ from optc.lower import lower
 from optc.plugins.drnet import Drnet, Predictor, build_module, resize, resize_matrix, train_predictor
 from optc.registry import load_registry
 from optc.variants import lower_at_shapes
+from tests.conftest import filecheck
 
 RESOLUTIONS = [8, 12, 16]  # ascending, as the module orders them
 
@@ -182,11 +183,7 @@ def test_switch_in_ir_filecheck(tmp_path):
     options = build_options("drnet", Drnet.Options, {"resolutions": "16,12,8", "epochs": "20"})
     result = Drnet().apply(program, options, _ctx(model))
     program.verify()
-    checks = tmp_path / "checks.mlir"
-    checks.write_text(CHECKS)
-    fc = Path(sys.executable).parent / "filecheck"
-    proc = subprocess.run([str(fc), str(checks)], input=program.to_text(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    filecheck(tmp_path, CHECKS, program.to_text())
     details = result.changes[0].details
     assert details["resolutions"] == RESOLUTIONS
     assert details["predictor_macs"] > 0

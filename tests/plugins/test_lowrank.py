@@ -1,10 +1,6 @@
 """lowrank: exact at full rank, FLOPs equal the hand count at reduced rank,
 the rewrite is two thin matmuls, and LSTM steps share one pair of factors."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,7 +8,7 @@ from optc.api import MethodContext
 from optc.plugins.lowrank import LowRank, LowRankOptions, choose_rank
 from optc.targets.cpu import CpuOptions, CpuTarget
 from optc.verify import compare, eager_outputs, verify
-from tests.conftest import lowered
+from tests.conftest import filecheck, lowered
 
 
 def apply(name, **opts):
@@ -130,11 +126,7 @@ CHECKS = """
 
 def test_rewritten_ir_filecheck(tmp_path):
     _, p, _, _ = apply("mlp", rank=32, layers=("0.weight",))
-    checks = tmp_path / "checks.mlir"
-    checks.write_text(CHECKS)
-    fc = Path(sys.executable).parent / "filecheck"
-    proc = subprocess.run([str(fc), str(checks)], input=p.to_text(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    filecheck(tmp_path, CHECKS, p.to_text())
 
 
 def test_method_contract_with_the_testing_kit():
@@ -225,11 +217,7 @@ CONV_CHECKS = {
 @pytest.mark.parametrize("scheme", ["channel", "spatial"])
 def test_conv_rewritten_ir_filecheck(tmp_path, scheme):
     _, p, _, _ = apply_conv(rank=5, conv=scheme, layers=("2.weight",))
-    checks = tmp_path / "checks.mlir"
-    checks.write_text(CONV_CHECKS[scheme])
-    fc = Path(sys.executable).parent / "filecheck"
-    proc = subprocess.run([str(fc), str(checks)], input=p.to_text(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    filecheck(tmp_path, CONV_CHECKS[scheme], p.to_text())
 
 
 def test_conv_none_leaves_convolutions_and_unnamed_unfactorable_convs_are_skipped():

@@ -1,9 +1,5 @@
 """partition: K independent block-diagonal partitions, one batch_matmul of K matmuls."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -11,7 +7,7 @@ from optc.api import MethodContext, SkipReason, build_options
 from optc.errors import OptionError
 from optc.plugins.partition import BlockDiagonal, Partition, choose_partitions
 from optc.testing import check_artifact, check_method, check_report, run_method
-from tests.conftest import lowered
+from tests.conftest import filecheck, lowered
 
 
 def apply(name, **opts):
@@ -43,11 +39,7 @@ CHECKS = """
 
 def test_partitioned_ir_holds_k_independent_matmuls(tmp_path):
     _, p, _ = apply("mlp", parts=4, layers="0.weight")  # 256 -> 512 as 4 partitions of 64 -> 128
-    checks = tmp_path / "checks.mlir"
-    checks.write_text(CHECKS)
-    fc = Path(sys.executable).parent / "filecheck"
-    proc = subprocess.run([str(fc), str(checks)], input=p.to_text(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    filecheck(tmp_path, CHECKS, p.to_text())
 
 
 def test_a_planted_block_diagonal_matrix_is_found():

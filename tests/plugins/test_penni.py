@@ -5,9 +5,6 @@ pruned coefficients drop unused basis maps, admm re-solves and quantizes the
 coefficients, and bad settings are one clear error."""
 
 import dataclasses
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +22,7 @@ from optc.plugins.penni import Penni, coefficients, kernel_bases
 from optc.structures import KernelBasis
 from optc.testing import Run, check_artifact, check_method, compiled_outputs, options_for, synthetic_calibration
 from optc.verify import compare, eager_outputs
+from tests.conftest import filecheck
 
 
 class TwoConvs(nn.Module):
@@ -94,13 +92,9 @@ CHECKS = """
 """
 
 
-def test_rewritten_ir_filecheck(tmp_path):
+def test_rewritten_irfilecheck(tmp_path):
     run = apply({"bases": 3, "layers": "a.weight", "form": "broadcast"})
-    checks = tmp_path / "checks.mlir"
-    checks.write_text(CHECKS)
-    fc = Path(sys.executable).parent / "filecheck"
-    proc = subprocess.run([str(fc), str(checks)], input=run.program.to_text(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    filecheck(tmp_path, CHECKS, run.program.to_text())
 
 
 CHECKS_CHANNELS_AS_BATCH = """
@@ -115,11 +109,7 @@ CHECKS_CHANNELS_AS_BATCH = """
 
 def test_channels_as_batch_form_is_one_regular_conv_with_the_bases_as_filters(tmp_path):
     run = apply({"bases": 3, "layers": "a.weight"})  # the default form
-    checks = tmp_path / "checks.mlir"
-    checks.write_text(CHECKS_CHANNELS_AS_BATCH)
-    fc = Path(sys.executable).parent / "filecheck"
-    proc = subprocess.run([str(fc), str(checks)], input=run.program.to_text(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    filecheck(tmp_path, CHECKS_CHANNELS_AS_BATCH, run.program.to_text())
     check_artifact(run)
 
 

@@ -6,7 +6,7 @@ import torch
 from optc.errors import CompileError
 from optc.targets.cpu import FAST_FLAGS, CpuOptions, CpuTarget
 from optc.verify import compare, eager_outputs
-from tests.conftest import lowered
+from tests.conftest import filecheck, lowered
 
 
 @pytest.mark.parametrize("name", ["cnn", "lstm", "transformer"])
@@ -115,16 +115,6 @@ WINOGRAD_CHECKS = """
 """
 
 
-def _filecheck(tmp_path, checks: str, text: str) -> None:
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    (tmp_path / "checks").write_text(checks)
-    proc = subprocess.run([str(Path(sys.executable).parent / "filecheck"), str(tmp_path / "checks")], input=text, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
 @pytest.fixture
 def narrow_winograd(monkeypatch):
     """Winograd for convs of any width, so small probe models exercise it (by
@@ -142,7 +132,7 @@ def test_winograd_rewrites_only_3x3_stride_1_convs_with_the_tile_size_for_their_
     before = p.to_text()
     prepared, rewritten = winograd_as_linalg(p, WINOGRAD_MIN_OUTPUT)
     assert rewritten == 2 and prepared is not p
-    _filecheck(tmp_path, WINOGRAD_CHECKS, prepared.to_text())
+    filecheck(tmp_path, WINOGRAD_CHECKS, prepared.to_text())
     assert p.to_text() == before  # the program itself is left as it was
     assert winograd_as_linalg(p, 16)[1] == 1  # the 15x15 conv is below that minimum
     assert winograd_as_linalg(p, 0) == (p, 0)
@@ -376,7 +366,7 @@ def test_one_channel_convs_and_penni_basis_stages_become_taps_and_match_eager(tm
     before = p.to_text()
     assert before.count("x1x3x3xf32>) outs") == 2  # the stem and penni's basis conv read one input channel
     prepared = single_channel_convs_as_taps(p)
-    _filecheck(tmp_path, FILTER_BANK_CHECKS[size], prepared.to_text())
+    filecheck(tmp_path, FILTER_BANK_CHECKS[size], prepared.to_text())
     assert p.to_text() == before
     _, dense = _probe("conv_kinds")
     assert single_channel_convs_as_taps(dense) is dense
