@@ -38,7 +38,7 @@ group's kept columns may lie anywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from torch_mlir import ir
@@ -292,16 +292,15 @@ def _rewrite_conv(build: Any, x: ir.Value, init: ir.Value, stride: list[int], co
         wt = build.transpose(compact, [0, 2, 1])
         y = build.batch_matmul(wt, build.collapse(gathered, [[0], [1], [2, 3, 4]]), build.zeros((g, width, pixels), like=init))
         y = build.expand(y, [[0], [1], [2, 3, 4]], (g, width, nn, oh, ow))
-    i32 = ir.IntegerType.get_signless(32)
 
     def scattered(row: ir.Value, acc: ir.Value) -> ir.Value:
-        o = build.index(1)
-        blk, p = (tensor.ExtractOp(table, [o]).result for table in (t.blk, t.pos))
-        kept = arith.CmpIOp(arith.CmpIPredicate.sge, p, arith.ConstantOp(i32, 0).result).result
-        safe = build.to_index(arith.SelectOp(kept, p, arith.ConstantOp(i32, 0).result).result)
-        v = tensor.ExtractOp(y, [build.to_index(blk), safe, build.index(0), build.index(2), build.index(3)]).result
-        v = arith.AddFOp(v, arith.MulFOp(row, zero()).result).result
-        return arith.AddFOp(acc, arith.SelectOp(kept, v, zero()).result).result
+        blk, p = (tensor.ExtractOp(table, [build.index(1)]).result for table in (t.blk, t.pos))
+
+        def read(safe: ir.Value) -> ir.Value:
+            v = tensor.ExtractOp(y, [build.to_index(blk), safe, build.index(0), build.index(2), build.index(3)]).result
+            return arith.AddFOp(v, arith.MulFOp(row, zero()).result).result
+
+        return arith.AddFOp(acc, _kept_row(build, p, read, f32)).result
 
     return build.generic([rows], init, ["(n, o, i, j) -> (i)", "(n, o, i, j) -> (n, o, i, j)"], scattered)
 
@@ -338,19 +337,26 @@ def _scatter(build: Any, y: ir.Value, init: ir.Value, blk: ir.Value, pos: ir.Val
     last dim), init for pruned ones. ``y`` is (blocks, *lead, channels)."""
     rank = len(shape_of(init))
     dims = ", ".join(f"d{i}" for i in range(rank))
-    i32 = ir.IntegerType.get_signless(32)
     f32 = ir.RankedTensorType(init.type).element_type
 
     def body(b: ir.Value, p: ir.Value, acc: ir.Value) -> ir.Value:
-        zero_i = arith.ConstantOp(i32, 0).result
-        kept = arith.CmpIOp(arith.CmpIPredicate.sge, p, zero_i).result
-        safe = arith.SelectOp(kept, p, zero_i).result
         lead = [build.index(i) for i in range(rank - 1)]
-        v = tensor.ExtractOp(y, [build.to_index(b), *lead, build.to_index(safe)]).result
-        return arith.AddFOp(acc, arith.SelectOp(kept, v, arith.ConstantOp(f32, 0.0).result).result).result
+        read = lambda safe: tensor.ExtractOp(y, [build.to_index(b), *lead, safe]).result  # noqa: E731
+        return arith.AddFOp(acc, _kept_row(build, p, read, f32)).result
 
     channel = f"({dims}) -> (d{rank - 1})"
     return build.generic([blk, pos], init, [channel, channel, f"({dims}) -> ({dims})"], body)
+
+
+def _kept_row(build: Any, p: ir.Value, read: Callable[[ir.Value], ir.Value], f32: ir.Type) -> ir.Value:
+    """A scatter's value for an output row at compact position ``p`` (i32; -1:
+    pruned): ``read(p)`` for a kept row, 0 for a pruned one, which is read at 0
+    so that no index is out of bounds."""
+    i32 = ir.IntegerType.get_signless(32)
+    zero_i = arith.ConstantOp(i32, 0).result
+    kept = arith.CmpIOp(arith.CmpIPredicate.sge, p, zero_i).result
+    v = read(build.to_index(arith.SelectOp(kept, p, zero_i).result))
+    return arith.SelectOp(kept, v, arith.ConstantOp(f32, 0.0).result).result
 
 
 @hookimpl
