@@ -185,18 +185,18 @@ class Admm(LayerMethod):
                 todo.append((layer, mode, layer.matrix(), layer.structure.mask() if layer.structure is not None else None))
         matrices = {layer.name: (mode, matrix, fixed) for layer, mode, matrix, fixed in todo}
 
+        inputs: dict[str, np.ndarray | None] = {}  # a layer's structure's input map, from effective() to its solve()
+
         def effective(layer: Layer) -> np.ndarray:
             """The weight whose outputs are reconstructed, in the layer's input space."""
             matrix = matrices[layer.name][1]
-            inputs = layer.structure.structure.input_map() if layer.structure is not None else None
-            return matrix if inputs is None else matrix @ inputs.T
+            t = inputs[layer.name] = layer.structure.structure.input_map() if layer.structure is not None else None
+            return matrix if t is None else matrix @ t.T
 
         def solve(layer: Layer, data: LayerData | None) -> Plan:
-            assert data is not None  # admm solves only measured layers (admissible)
+            assert data is not None  # admm solves only measured layers (admissible): effective() ran for this one
             mode, matrix, fixed = matrices[layer.name]
-            if layer.structure is not None:
-                data = data.through(layer.structure.structure.input_map())
-            return self._solve(layer.name, matrix, data, fixed, mode, options.for_layer(layer.name))
+            return self._solve(layer.name, matrix, data.through(inputs.pop(layer.name)), fixed, mode, options.for_layer(layer.name))
 
         plans.update(solve_in_order(self.name, [t[0] for t in todo], solve, ctx, options.sequential, options.passes, reference=effective))
         return [plans[layer.name] for layer in layers]
