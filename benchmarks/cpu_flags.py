@@ -100,7 +100,7 @@ def main() -> None:
     from optc.bench import artifact_worker, eager_worker, time_workers
     from optc.driver import load_and_lower, log
     from optc.errors import CompileError
-    from optc.targets.cpu import CpuTarget, attention_matmuls, winograd_convs
+    from optc.targets.cpu import CpuTarget, winograd_convs
     from optc.verify import compare, eager_outputs
 
     unknown = [s for s in args.sets.split(",") if s and s not in FLAG_SETS]
@@ -116,7 +116,7 @@ def main() -> None:
         for name in chosen:
             opts = FLAG_SETS[name]
             winograd = len(winograd_convs(program, opts.winograd)) if opts.fast else 0
-            log(f"compiling '{name}' ({winograd} convs on Winograd): {' '.join(target.flags(opts, winograd=winograd > 0, attention=attention_matmuls(program) > 0))}")
+            log(f"compiling '{name}' ({winograd} convs on Winograd): {' '.join(target.flags_for(program, opts))}")
             try:
                 art = target.compile(program, opts)
             except CompileError as e:

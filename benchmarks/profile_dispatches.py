@@ -46,7 +46,7 @@ def main() -> None:
 
     from optc.api import MethodContext, parse_assignments
     from optc.driver import apply_methods, load_and_lower, select
-    from optc.targets.cpu import CpuOptions, CpuTarget, attention_matmuls, winograd_convs
+    from optc.targets.cpu import CpuOptions, CpuTarget, winograd_convs
 
     methods = [p for p in args.plugins.split(",") if p]
     sel = select(methods, "cpu", parse_assignments(args.opt, "--opt"), {})
@@ -82,7 +82,7 @@ def main() -> None:
     total = sum(r[2] for r in rows)
     winograd = len(winograd_convs(program, opts.winograd)) if opts.fast else 0
     print(f"{args.model}, batch {args.batch}, {args.threads} threads; {winograd} convs on Winograd; "
-          f"flags: {' '.join(CpuTarget().flags(opts, winograd=winograd > 0, attention=attention_matmuls(program) > 0))}")
+          f"flags: {' '.join(CpuTarget().flags_for(program, opts))}")
     print(f"iree-benchmark-module median: {' '.join(median[1:3]) if median else '?'}")
     print(f"{len(rows)} distinct dispatches, {invocations} dispatch launches in the profiled runs")
     print("\n| dispatch | launches | total ms | share |")

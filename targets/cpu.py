@@ -160,12 +160,16 @@ class CpuTarget(Target):
                 flags.append(NO_TRANSPOSE_PROPAGATION)
         return flags + list(options.flags)
 
+    def flags_for(self, program: Program, options: CpuOptions) -> list[str]:
+        """The iree-compile flags compile() uses for ``program``."""
+        winograd = options.fast and bool(winograd_convs(program, options.winograd))
+        return self.flags(options, winograd=winograd, attention=attention_matmuls(program) > 0)
+
     def compile(self, program: Program, options: Any) -> Artifact:
         try:
-            prepared, on_winograd = winograd_as_linalg(max_pools_as_taps(single_channel_convs_as_taps(depthwise_as_taps(program))) if options.fast else program,
-                                                       options.winograd if options.fast else 0)
-            flags = self.flags(options, winograd=on_winograd > 0, attention=attention_matmuls(prepared) > 0)
-            artifact = compile_program(prepared, self.name, "llvm-cpu", flags, options)
+            prepared, _ = winograd_as_linalg(max_pools_as_taps(single_channel_convs_as_taps(depthwise_as_taps(program))) if options.fast else program,
+                                             options.winograd if options.fast else 0)
+            artifact = compile_program(prepared, self.name, "llvm-cpu", self.flags_for(program, options), options)
         except CompileError as fast_error:
             if not options.fast:
                 raise

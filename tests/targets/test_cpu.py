@@ -184,12 +184,19 @@ def test_winograd_leaves_convs_with_few_input_channels_on_im2col():
 
 
 def test_winograd_flags_hoist_filters_only_when_a_conv_is_rewritten():
+    from optc.load import Model
+    from optc.lower import lower
     from optc.targets.cpu import HOIST_WINOGRAD_FILTERS
 
     t = CpuTarget()
     assert HOIST_WINOGRAD_FILTERS in t.flags(CpuOptions(), winograd=True)
     assert HOIST_WINOGRAD_FILTERS not in t.flags(CpuOptions())
     assert HOIST_WINOGRAD_FILTERS not in t.flags(CpuOptions(fast=False), winograd=True)
+    # what compile() passes: a 64-channel 3x3 conv at 32x32 is on Winograd unless winograd=0
+    model = Model(torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1)).eval(), (torch.randn(1, 64, 32, 32),), "wide")
+    p = lower(model)
+    assert HOIST_WINOGRAD_FILTERS in t.flags_for(p, CpuOptions())
+    assert HOIST_WINOGRAD_FILTERS not in t.flags_for(p, CpuOptions(winograd=0))
 
 
 @pytest.mark.parametrize("spec, winograd", [("tests.e2e.probe_models:conv_kinds", 1), ("examples.models:cnn", 28)])
@@ -408,6 +415,8 @@ def test_transpose_propagation_is_off_only_for_programs_with_attention():
     assert attention_matmuls(lowered("transformer")[1]) == 2  # Q·Kᵀ and P·V
     assert attention_matmuls(lowered("lstm")[1]) == 0 and attention_matmuls(lowered("cnn")[1]) == 0
     t = CpuTarget()
+    assert NO_TRANSPOSE_PROPAGATION in t.flags_for(lowered("transformer")[1], CpuOptions())  # what compile() passes
+    assert NO_TRANSPOSE_PROPAGATION not in t.flags_for(lowered("lstm")[1], CpuOptions())
     assert NO_TRANSPOSE_PROPAGATION in t.flags(CpuOptions(), attention=True)
     assert NO_TRANSPOSE_PROPAGATION not in t.flags(CpuOptions())
     assert NO_TRANSPOSE_PROPAGATION not in t.flags(CpuOptions(fast=False), attention=True)
