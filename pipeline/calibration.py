@@ -239,11 +239,17 @@ CHUNK_BYTES = 16 << 20
 
 class _Products:
     """Sums of aᵀ·b over row blocks, for the (key, a, b) pairs of a tuple of row
-    arrays: each product formed in float32 on chunks of at least ``CHUNK_BYTES``
-    of rows (a·aᵀ as a symmetric rank-k update) and added up in ``dtype``."""
+    arrays, in float32: each chunk of at least ``CHUNK_BYTES`` of rows is
+    multiplied a block of ``COLUMNS`` output columns at a time and added into
+    the sum, so a 4608-wide layer holds its 85 MB sum and a 9 MB block, not
+    also a full product and a float64 copy (each product accumulates in
+    float32 inside BLAS anyway). For aᵀ·a only the upper triangle is formed
+    (then mirrored by ``totals``): half the work, as a symmetric rank-k update."""
 
-    def __init__(self, width: int, pairs: Sequence[tuple[str, int, int]], dtype: Any = np.float64):
-        self.pairs, self.dtype = pairs, dtype
+    COLUMNS = 512
+
+    def __init__(self, width: int, pairs: Sequence[tuple[str, int, int]]):
+        self.pairs = pairs
         self.min_rows = max(1, CHUNK_BYTES // (4 * width))
         self.pending: list[tuple[np.ndarray, ...]] = []
         self.rows = 0
@@ -253,19 +259,38 @@ class _Products:
         self.pending.append(rows)
         self.rows += len(rows[0])
         if self.rows >= self.min_rows:
-            self.flush()
+            self._flush()
 
-    def flush(self) -> dict[str, np.ndarray]:
-        if self.pending:
-            chunk = [np.concatenate(column) if len(column) > 1 else column[0] for column in zip(*self.pending)]
-            self.pending, self.rows = [], 0
-            for key, i, j in self.pairs:
-                product = chunk[i].T @ chunk[j]  # i == j: numpy calls syrk for aᵀ·a
-                if key in self.sums:
-                    self.sums[key] += product
-                else:
-                    self.sums[key] = product.astype(self.dtype)
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        chunk = [np.ascontiguousarray(np.concatenate(column) if len(column) > 1 else column[0], dtype=np.float32) for column in zip(*self.pending)]
+        self.pending, self.rows = [], 0
+        for key, i, j in self.pairs:
+            a, b = chunk[i], chunk[j]
+            total = self.sums.setdefault(key, np.zeros((a.shape[1], b.shape[1]), dtype=np.float32))
+            for c in range(0, b.shape[1], self.COLUMNS):
+                end = min(c + self.COLUMNS, b.shape[1])
+                rows = end if i == j else a.shape[1]  # aᵀ·a: the rows above and on the diagonal block
+                total[:rows, c:end] += a[:, :rows].T @ b[:, c:end]
+
+    def totals(self) -> dict[str, np.ndarray]:
+        """The sums of every row added, the symmetric ones filled in (in place)."""
+        self._flush()
+        for key, i, j in self.pairs:
+            if i == j and key in self.sums:
+                _mirror_upper(self.sums[key])
         return self.sums
+
+
+def _mirror_upper(m: np.ndarray, block: int = 512) -> None:
+    """Copy the upper triangle of square ``m`` onto its lower one, in place, a
+    block of rows at a time (no full-size temporary)."""
+    for r in range(0, len(m), block):
+        e = min(len(m), r + block)
+        m[r:e, :r] = m[:r, r:e].T
+        square = m[r:e, r:e]
+        square[np.tril_indices(e - r, -1)] = square.T[np.tril_indices(e - r, -1)]
 
 
 class _BatchStore:
@@ -330,7 +355,7 @@ class Calibration:
         return layer in _probed_layers(self.program)
 
     def gram(self, layer: str) -> np.ndarray:
-        """E[x·xᵀ] over the input rows x of ``layer`` (in×in, float64): from the
+        """E[x·xᵀ] over the input rows x of ``layer`` (in×in, float32): from the
         stored original results, or (when they do not fit on disk) every layer's
         measured in one pass on first use and kept."""
         if not self.measures(layer):
@@ -339,13 +364,12 @@ class Calibration:
         if self._stored(probe):
             return self._sums(probe, layer, {}, None)["cc"]
         if self._grams is None:
-            # one sum per layer, in float32: half the memory of all the in×in matrices
-            sums = {p.layer: _Products(p.width, [("oo", 0, 0)], np.float32) for p in probe.probes}
+            sums = {p.layer: _Products(p.width, [("oo", 0, 0)]) for p in probe.probes}
             for outs, real in self._run(probe, {}):
                 for p, x in zip(probe.probes, outs):
                     sums[p.layer].add(_rows(x[:real], p))
-            self._grams = {name: total.flush()["oo"] / self._count(probe.probes, name) for name, total in sums.items()}
-        return self._grams[layer].astype(np.float64)
+            self._grams = {name: total.totals()["oo"] / self._count(probe.probes, name) for name, total in sums.items()}
+        return self._grams[layer]
 
     def moments(self, layer: str, weights: dict[str, np.ndarray], w: np.ndarray) -> "LayerData":
         """What a solver needs to reconstruct the outputs ``w``·x of ``layer``
@@ -385,7 +409,7 @@ class Calibration:
                 yy += float(np.einsum("ij,ij->", y, y, dtype=np.float64))
                 sums.add(y, _rows(changed[k][:real], probe.probes[i]) if changed is not None else x)
         n = self._count(probe.probes, layer)
-        totals = sums.flush()
+        totals = sums.totals()
         for m in totals.values():
             m /= n
         return {**totals, "yy": yy / n}
@@ -482,19 +506,20 @@ class LayerData:
     """What a solver needs to reconstruct a layer's outputs W·x from inputs x̃:
     x as in the original model, x̃ as the compressed model feeds it (x̃ = x
     unless solving sequentially). Only E[x̃·x̃ᵀ] is in×in: W·E[x·x̃ᵀ] and E‖W·x‖²
-    are measured through W, so a layer with 4,608 inputs holds one 170 MB
-    matrix, not three."""
+    are measured through W, so a layer with 4,608 inputs holds one 85 MB
+    float32 matrix, not three float64 ones. Solvers take float64 copies of the
+    blocks they factor."""
 
-    gcc: np.ndarray  # E[x̃·x̃ᵀ] (in×in)
-    target: np.ndarray  # W·E[x·x̃ᵀ] (out×in)
+    gcc: np.ndarray  # E[x̃·x̃ᵀ] (in×in, float32)
+    target: np.ndarray  # W·E[x·x̃ᵀ] (out×in, float32)
     base: float  # E‖W·x‖²
     sequential: bool = False  # x̃ measured under changed earlier layers
 
     @classmethod
     def same(cls, gram: np.ndarray, w: np.ndarray) -> "LayerData":
-        """x̃ = x, with E[x·xᵀ] = ``gram``."""
-        target = w.astype(np.float64) @ gram
-        return cls(gram, target, float(np.sum(target * w)))
+        """x̃ = x, with E[x·xᵀ] = ``gram`` (float32)."""
+        target = w.astype(np.float32) @ gram
+        return cls(gram, target, float(np.sum(target * w, dtype=np.float64)))
 
     def through(self, inputs: np.ndarray | None) -> "LayerData":
         """The data of the structured inputs xᵀ·T a structured matrix reads
@@ -502,7 +527,8 @@ class LayerData:
         effective weight (the structured matrix · Tᵀ)."""
         if inputs is None:
             return self
-        return LayerData(inputs.T @ self.gcc @ inputs, self.target @ inputs, self.base, self.sequential)
+        t = inputs.astype(np.float32)
+        return LayerData(t.T @ self.gcc @ t, self.target @ t, self.base, self.sequential)
 
 
 def objective(z: np.ndarray, d: LayerData) -> float:
@@ -514,8 +540,8 @@ def reconstruction_error(d: LayerData) -> Callable[[np.ndarray], float]:
     """``objective(·, d)``, each evaluation two matrix products (an iterative solver evaluates it every step)."""
 
     def error(z: np.ndarray) -> float:
-        z = z.astype(np.float64)
-        err = d.base - 2 * float(np.sum(d.target * z)) + float(np.sum((z @ d.gcc) * z))
+        z = z.astype(d.gcc.dtype)  # a float64 z would make a float64 copy of a float32 G̃
+        err = d.base - 2 * float(np.sum(d.target * z, dtype=np.float64)) + float(np.sum((z @ d.gcc) * z, dtype=np.float64))
         return max(err, 0.0) / d.base if d.base > 0 else 0.0
 
     return error

@@ -128,6 +128,7 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
     from optc.metadata import check_labels
     from optc.report import compile_report, write_artifact_pair
 
+    return_large_frees()
     if tolerance is not None and not tolerance > 0:
         raise InputError(f"--tolerance {tolerance}: must be > 0")
     if batch is not None and batch <= 0:
@@ -156,6 +157,22 @@ def compile(model, plugins, opts, target, target_opts, output, tolerance, dump_i
     report = compile_report(compiled, str(out))
     write_artifact_pair(out, compiled.artifact.vmfb, out.with_suffix(".json"), report)
     _print_summary(report)
+
+
+def return_large_frees() -> None:
+    """Make glibc give every freed block of 4 MiB or more back to the system.
+    By default its mmap threshold rises to the largest block freed (up to
+    32 MiB), after which such arrays come from its heap and stay in the
+    process when freed: calibration's row chunks and IREE's weight uploads
+    then pile up (about 50 MB more peak on ResNet-18 with bcr,admm). Below
+    4 MiB, blocks stay on the heap: mapping each afresh cost 10% more time."""
+    import ctypes
+
+    M_MMAP_THRESHOLD = -3
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 4 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 def refuse_overwriting_input(output: Path, flag: str, inputs: Sequence[tuple[str, Path | None]]) -> None:

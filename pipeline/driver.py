@@ -73,6 +73,9 @@ def apply_methods(
         except Exception as e:
             where = _dump(before, ctx.dump_dir, method.name)
             raise MethodError(f"method {method.name!r} failed: {type(e).__name__}: {e}{where}") from e
+        for earlier in results:  # a refined layer's earlier reference is dead: not held through the compile
+            for name in result.reference_weights:
+                earlier.reference_weights.pop(name, None)
         results.append(result)
     return results
 
@@ -184,12 +187,12 @@ def compile_model(
     """load -> lower -> methods -> compile -> run -> verify (-> evaluate on
     ``eval_data``). Raises VerifyError when the artifact does not reproduce the
     compressed reference."""
-    from optc.calibration import Calibration, load_samples
+    from optc.calibration import Calibration, load_samples, top1
     from optc.errors import VerifyError
     from optc.lower import check_index_ranges, input_index_ranges
     from optc.metadata import annotate, describe
     from optc.time_batching import time_batch
-    from optc.verify import DEFAULT_TOLERANCE, verify
+    from optc.verify import DEFAULT_TOLERANCE, check as check_outputs, expected_outputs
 
     require_calibration([m for m, _ in sel.methods], calib is not None)  # before any heavy work
     if dynamic_batch:
@@ -220,6 +223,15 @@ def compile_model(
         passes = [batched[rows_variant(program).func_name]]
     else:
         passes = []
+    reference = merged_reference_weights(results)
+    dynamic = [r.reference_model for r in results if r.reference_model is not None]
+    reference_module = dynamic[-1](reference) if dynamic else None
+    expected = expected_outputs(loaded.module, reference, program.example_inputs, reference_module)
+    batch = len(examples[0])
+    eager_accuracy = _eager_accuracy(loaded.module, reference, evaluation, batch, reference_module) if evaluation is not None else None
+    for r in results:  # their last use: a low-rank layer's dense reference is as big as its original weight
+        r.reference_weights.clear()
+    del reference, reference_module
     sel = dataclasses.replace(sel, target_options=sel.target.resolve_options(program, sel.target_options))
     annotate(program, describe(model_spec, loaded, original, program, sel, labels, ranges))  # the artifact describes itself
     runnable, why = sel.target.runs_here(sel.target_options)
@@ -240,10 +252,7 @@ def compile_model(
     log("running it and PyTorch eager on the example inputs")
     session = sel.target.open(checked.vmfb, checked_options)
     outputs = session(*program.example_inputs)
-    reference = merged_reference_weights(results)
-    dynamic = [r.reference_model for r in results if r.reference_model is not None]
-    reference_module = dynamic[-1](reference) if dynamic else None
-    check = verify(loaded.module, reference, outputs, program.example_inputs, tolerance if tolerance is not None else DEFAULT_TOLERANCE, reference_module)
+    check = check_outputs(outputs, expected, tolerance if tolerance is not None else DEFAULT_TOLERANCE)
     if not check.passed:
         raise VerifyError(
             f"the artifact differs from the compressed reference: max relative error "
@@ -258,7 +267,9 @@ def compile_model(
             raise VerifyError(f"--dynamic-batch: a batch run in chunks differs from its samples run alone (max relative error "
                               f"{chunks_max_rel:.3g} > tolerance {check.tolerance:g}): is the inputs' first dimension really the batch, "
                               "with samples independent (not a sequence-first RNN's time steps)?")
-    accuracy = _accuracy(loaded.module, reference, session, evaluation, len(examples[0]), reference_module) if evaluation is not None else None
+    accuracy = None
+    if evaluation is not None:
+        accuracy = {**eager_accuracy, "artifact": top1(_counted("artifact", lambda xs: session(*xs)[0], len(evaluation), batch), evaluation, batch)}
     for r in results:
         if accuracy is not None and r.evaluate is not None:
             accuracy[r.method] = r.evaluate(evaluation)
@@ -282,33 +293,33 @@ def _host_runner(program: Any) -> Callable[..., list[np.ndarray]]:
     return cpu.open(cpu.compile(program, options).vmfb, options)
 
 
-def _accuracy(module: Any, reference: dict[str, np.ndarray], session: Any, samples: Any, batch: int, reference_module: Any = None) -> dict[str, Any]:
-    """Top-1 of the original model and the compressed reference (PyTorch eager) and
-    of the artifact, on the labelled ``samples``."""
+def _eager_accuracy(module: Any, reference: dict[str, np.ndarray], samples: Any, batch: int, reference_module: Any = None) -> dict[str, Any]:
+    """Top-1 of the original model and the compressed reference (PyTorch eager)
+    on the labelled ``samples`` (the artifact's is measured once it is built)."""
     from optc.calibration import top1
     from optc.verify import eager_outputs, with_weights
 
     log(f"evaluating top-1 on {len(samples)} samples")
     compressed = reference_module if reference_module is not None else with_weights(module, reference)
-    batches = -(-len(samples) // batch)
-
-    def counted(what: str, predict: Callable[[list[np.ndarray]], np.ndarray]) -> Callable[[list[np.ndarray]], np.ndarray]:
-        done = [0]
-
-        def run(xs: list[np.ndarray]) -> np.ndarray:
-            done[0] += 1
-            progress(f"evaluating top-1 of the {what}: batch {done[0]}/{batches}")
-            return predict(xs)
-
-        return run
-
     return {
         "path": str(samples.path),
         "samples": len(samples),
-        "original": top1(counted("original", lambda xs: eager_outputs(module, xs)[0]), samples, batch),
-        "compressed_reference": top1(counted("compressed reference", lambda xs: eager_outputs(compressed, xs)[0]), samples, batch),
-        "artifact": top1(counted("artifact", lambda xs: session(*xs)[0]), samples, batch),
+        "original": top1(_counted("original", lambda xs: eager_outputs(module, xs)[0], len(samples), batch), samples, batch),
+        "compressed_reference": top1(_counted("compressed reference", lambda xs: eager_outputs(compressed, xs)[0], len(samples), batch), samples, batch),
     }
+
+
+def _counted(what: str, predict: Callable[[list[np.ndarray]], np.ndarray], samples: int, batch: int) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """``predict``, showing its progress over the batches of ``samples``."""
+    batches = -(-samples // batch)
+    done = [0]
+
+    def run(xs: list[np.ndarray]) -> np.ndarray:
+        done[0] += 1
+        progress(f"evaluating top-1 of the {what}: batch {done[0]}/{batches}")
+        return predict(xs)
+
+    return run
 
 
 def load_and_lower(model_spec: str, trust: bool, input_shapes: Sequence[str], batch: int | None = None) -> tuple[Any, Any]:

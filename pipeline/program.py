@@ -124,12 +124,8 @@ def _view_step(op: ir.Operation) -> tuple[str, Any] | None:
 
 
 def apply_view(array: np.ndarray, chain: list[tuple[str, Any]]) -> np.ndarray:
-    """Apply a weight's view chain (param array -> the operand the op reads)."""
-    return np.ascontiguousarray(_view(array, chain))
-
-
-def _view(array: np.ndarray, chain: list[tuple[str, Any]]) -> np.ndarray:
-    """:func:`apply_view` without the final contiguous copy (a view where the steps allow)."""
+    """Apply a weight's view chain (param array -> the operand the op reads): a
+    view of ``array`` where the steps allow."""
     for kind, arg in chain:
         if kind == "transpose":
             array = array.transpose(arg)
@@ -161,7 +157,7 @@ def unapply_view(operand: np.ndarray, chain: list[tuple[str, Any]], param_shape:
     (the inverse of :func:`apply_view`; broadcasts take their first copy)."""
     shapes = [tuple(param_shape)]
     for step in chain:
-        shapes.append(_view(np.broadcast_to(np.int8(0), shapes[-1]), [step]).shape)  # shapes only: no memory
+        shapes.append(apply_view(np.broadcast_to(np.int8(0), shapes[-1]), [step]).shape)  # shapes only: no memory
     array = operand
     for (kind, arg), before in zip(reversed(chain), reversed(shapes[:-1])):
         if kind == "transpose":
@@ -242,11 +238,15 @@ class WeightedOp:
         return self.weight_shape[-1]
 
     def matrix(self, param: np.ndarray) -> np.ndarray:
-        """The weight as an out×in matrix (rows = outputs), from the parameter array."""
+        """The weight as an out×in matrix (rows = outputs), from the parameter
+        array: a read-only view of it where the view chain allows (a linear
+        layer's, a convolution's), so that reading a big weight copies nothing."""
         operand = apply_view(param, self.chain)
-        if self.conv:
-            return operand.reshape(self.out_channels, -1)
-        return (operand[0] if self.batch_shared else operand).T
+        matrix = operand.reshape(self.out_channels, -1) if self.conv else (operand[0] if self.batch_shared else operand).T
+        if np.shares_memory(matrix, param):
+            matrix = matrix.view()
+            matrix.flags.writeable = False
+        return matrix
 
     def from_matrix(self, matrix: np.ndarray, param_shape: tuple[int, ...]) -> np.ndarray:
         """The inverse of :meth:`matrix`: an out×in matrix back in the parameter's layout."""

@@ -123,6 +123,41 @@ class Verification:
         }
 
 
+@dataclass
+class Expected:
+    """The eager outputs the artifact is checked against: the original model's
+    and the compressed reference's. Computed before the compile, so that the
+    methods' reference weights (a low-rank layer's dense product is as big as
+    its original weight) are not held through it."""
+
+    original: list[np.ndarray]
+    reference: list[np.ndarray]
+
+
+def expected_outputs(
+    module: "torch.nn.Module",
+    reference_weights: dict[str, np.ndarray],
+    inputs: Sequence[np.ndarray],
+    reference_module: "torch.nn.Module | None" = None,
+) -> Expected:
+    """``reference_module``, when given, is the compressed reference itself (a
+    method's host re-implementation, e.g. drnet's run-time choice)."""
+    original = eager_outputs(module, inputs)
+    if reference_module is not None:
+        reference = eager_outputs(reference_module, inputs)
+    else:
+        reference = eager_outputs(with_weights(module, reference_weights), inputs) if reference_weights else original
+    return Expected(original, reference)
+
+
+def check(compiled_outputs: Sequence[np.ndarray], expected: Expected, tolerance: float = DEFAULT_TOLERANCE) -> Verification:
+    return Verification(
+        compile_error=compare(compiled_outputs, expected.reference),
+        compression_error=compare(expected.reference, expected.original),
+        tolerance=tolerance,
+    )
+
+
 def verify(
     module: "torch.nn.Module",
     reference_weights: dict[str, np.ndarray],
@@ -131,15 +166,5 @@ def verify(
     tolerance: float = DEFAULT_TOLERANCE,
     reference_module: "torch.nn.Module | None" = None,
 ) -> Verification:
-    """``reference_module``, when given, is the compressed reference itself (a
-    method's host re-implementation, e.g. drnet's run-time choice)."""
-    original = eager_outputs(module, inputs)
-    if reference_module is not None:
-        reference = eager_outputs(reference_module, inputs)
-    else:
-        reference = eager_outputs(with_weights(module, reference_weights), inputs) if reference_weights else original
-    return Verification(
-        compile_error=compare(compiled_outputs, reference),
-        compression_error=compare(reference, original),
-        tolerance=tolerance,
-    )
+    """:func:`check` against :func:`expected_outputs`, in one step."""
+    return check(compiled_outputs, expected_outputs(module, reference_weights, inputs, reference_module), tolerance)

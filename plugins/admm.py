@@ -92,7 +92,10 @@ def admm(
     best, best_obj = z, history[0]
     if not iterations:
         return best, history
-    evals, q = np.linalg.eigh(d.gcc + _damping(d.gcc, damp) * np.eye(len(d.gcc)))
+    damped = d.gcc.astype(np.float64)  # the one float64 in×in copy (no identity matrices beside it)
+    damped.flat[:: len(damped) + 1] += _damping(d.gcc, damp)
+    evals, q = np.linalg.eigh(damped)
+    del damped
     target = d.target  # the Ŵ-step solves Ŵ·(G̃ + ρI) = W·E[x·x̃ᵀ] + ρ(Z − U)
     u = np.zeros_like(w)
     r = rho * (float(np.mean(np.diag(d.gcc))) or 1.0)
@@ -121,7 +124,8 @@ def masked_least_squares(d: LayerData, mask: np.ndarray, damp: float) -> np.ndar
     for rows in groups.values():
         support = np.flatnonzero(mask[rows[0]])
         if len(support):
-            gs = d.gcc[np.ix_(support, support)] + lam * np.eye(len(support))
+            gs = d.gcc[np.ix_(support, support)].astype(np.float64)
+            gs.flat[:: len(support) + 1] += lam
             out[np.ix_(rows, support)] = np.linalg.solve(gs, d.target[np.ix_(rows, support)].T).T
     return out
 

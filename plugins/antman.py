@@ -185,7 +185,7 @@ class AntMan(LayerMethod):
 
         def fit(layer: Layer, data: LayerData | None) -> Plan:
             opts, w = matrices[layer.name]
-            return self._fit(w, opts, (data.gcc, data.target) if data is not None else None, fitted=data is not None)
+            return self._fit(w, opts, (data.gcc.astype(np.float64), data.target.astype(np.float64)) if data is not None else None, fitted=data is not None)
 
         passes = options.passes if ctx.calibration is not None else 1
         plans.update(solve_in_order(self.name, [t[0] for t in todo], fit, ctx, sequential=True, passes=passes))

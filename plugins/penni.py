@@ -96,7 +96,7 @@ def coefficients(matrix: np.ndarray, bases: np.ndarray, keep: np.ndarray | None,
     if data is None and keep is None:
         return w @ t  # orthonormal bases: the projection is the least-squares fit
     d = data if data is not None else LayerData.same(np.eye(cols), w)
-    gt = t.T @ d.gcc @ t  # the second moment of the basis maps
+    gt = t.T @ d.gcc.astype(np.float64) @ t  # the second moment of the basis maps
     if data is not None:
         gt += damp * (float(np.mean(np.diag(gt))) or 1.0) * np.eye(len(gt))
     target = d.target @ t

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from optc.calibration import Calibration, LayerData, Samples, load_samples, objective, top1
+from optc.calibration import Calibration, LayerData, Samples, _Products, load_samples, objective, top1
 from optc.driver import _host_runner
 from optc.errors import InputError
 from tests.conftest import lowered
@@ -124,7 +124,7 @@ def test_statistics_under_changed_weights_reuse_one_compiled_probe():
     # unchanged weights: x̃ = x, everything from the Gram matrix
     same = cal.moments("2.weight", {}, w["2.weight"])
     np.testing.assert_allclose(same.gcc, cal.gram("2.weight"), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(same.target, w["2.weight"] @ same.gcc)
+    np.testing.assert_allclose(same.target, w["2.weight"] @ same.gcc, rtol=1e-5, atol=1e-6)  # float32, as G is
     assert same.base == pytest.approx(np.sum((h @ w["2.weight"].T) ** 2) / len(x), rel=1e-4) and not same.sequential
     assert len(compiled) == 1
 
@@ -262,3 +262,25 @@ def test_labels_beyond_the_model_classes_are_refused():
 def test_unknown_arrays_in_a_sample_file_are_refused(tmp_path):
     with pytest.raises(InputError, match="unknown array"):
         load_samples(samples_file(tmp_path, x=np.ones((3, 8, 8), np.float32), labels=np.zeros(3)), EXAMPLE, "--calib")
+
+
+def test_products_add_each_chunk_into_one_float32_sum_in_place(monkeypatch):
+    """The sums of aᵀ·a and aᵀ·b are added into in place, chunk after chunk
+    (a 4608-wide layer holds one float32 in×in array, not also a full product
+    and a float64 copy); the symmetric one is formed on its upper triangle and
+    mirrored."""
+    monkeypatch.setattr("optc.calibration.CHUNK_BYTES", 4 * 37 * 50)  # a flush every 50 rows
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((r, 37)).astype(np.float32) for r in (3, 60, 17, 90, 1)]
+    ys = [rng.standard_normal((len(x), 5)).astype(np.float32) for x in xs]
+    products = _Products(37, [("cc", 1, 1), ("yc", 0, 1)])
+    held = []
+    for x, y in zip(xs, ys):
+        products.add(y, x)
+        held.append({k: id(v) for k, v in products.sums.items()})
+    totals = products.totals()
+    assert len({tuple(h.items()) for h in held if len(h) == 2}) == 1  # the same two arrays after every flush
+    x, y = np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
+    assert totals["cc"].dtype == totals["yc"].dtype == np.float32
+    np.testing.assert_allclose(totals["cc"], x.T @ x, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(totals["yc"], y.T @ x, rtol=1e-5, atol=1e-4)

@@ -152,3 +152,13 @@ def test_clone_parses_every_dialect_torch_mlir_emits():
     copy = program.clone()
     assert "tm_tensor.sort" in copy.to_text() and copy.context is not program.context
     copy.verify()
+
+
+def test_a_layer_matrix_is_a_read_only_view_of_its_weight():
+    """Reading a layer's out×in matrix copies nothing (a 256 MB weight stays one
+    256 MB array), and nobody can write the model's weights through it."""
+    _, p = lowered("mlp")
+    for layer in p.layers():
+        m = layer.matrix()
+        assert np.shares_memory(m, layer.weight) and not m.flags.writeable
+        np.testing.assert_array_equal(m, layer.weight)  # a linear weight is out×in already
