@@ -289,8 +289,8 @@ def _mirror_upper(m: np.ndarray, block: int = 512) -> None:
     for r in range(0, len(m), block):
         e = min(len(m), r + block)
         m[r:e, :r] = m[:r, r:e].T
-        square = m[r:e, r:e]
-        square[np.tril_indices(e - r, -1)] = square.T[np.tril_indices(e - r, -1)]
+        square, below = m[r:e, r:e], np.tril_indices(e - r, -1)
+        square[below] = square.T[below]
 
 
 class _BatchStore:
@@ -529,6 +529,20 @@ class LayerData:
             return self
         t = inputs.astype(np.float32)
         return LayerData(t.T @ self.gcc @ t, self.target @ t, self.base, self.sequential)
+
+
+def damping(g: np.ndarray, damp: float) -> float:
+    """What a solver adds to G's diagonal so that rank-deficient inputs still
+    solve: ``damp`` times the mean of the diagonal (``damp`` for a zero G)."""
+    return damp * (float(np.mean(np.diag(g))) or 1.0)
+
+
+def plus_diagonal(g: np.ndarray, lam: float) -> np.ndarray:
+    """A float64 copy of square ``g`` with ``lam`` added to its diagonal (no
+    identity matrix beside it: for a 4608-wide G that is another 170 MB)."""
+    out = g.astype(np.float64)
+    out.flat[:: len(out) + 1] += lam
+    return out
 
 
 def objective(z: np.ndarray, d: LayerData) -> float:

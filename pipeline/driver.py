@@ -73,9 +73,6 @@ def apply_methods(
         except Exception as e:
             where = _dump(before, ctx.dump_dir, method.name)
             raise MethodError(f"method {method.name!r} failed: {type(e).__name__}: {e}{where}") from e
-        for earlier in results:  # a refined layer's earlier reference is dead: not held through the compile
-            for name in result.reference_weights:
-                earlier.reference_weights.pop(name, None)
         results.append(result)
     return results
 

@@ -29,7 +29,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, option
-from optc.calibration import LayerData, objective, reconstruction_error, solve_in_order
+from optc.calibration import LayerData, damping, objective, plus_diagonal, reconstruction_error, solve_in_order
 from optc.errors import OptionError
 from optc.hookspecs import hookimpl
 from optc.program import Layer, LayerRewriter, Program
@@ -73,11 +73,6 @@ class AdmmOptions(SelectionOptions):
 # ----------------------------------------------------------------------------- solver
 
 
-def _damping(g: np.ndarray, damp: float) -> float:
-    """What is added to G's diagonal: ``damp`` times its mean."""
-    return damp * (float(np.mean(np.diag(g))) or 1.0)
-
-
 def admm(
     w: np.ndarray, d: LayerData, project: Callable[[np.ndarray], np.ndarray], iterations: int, rho: float, damp: float
 ) -> tuple[np.ndarray, list[float]]:
@@ -92,10 +87,7 @@ def admm(
     best, best_obj = z, history[0]
     if not iterations:
         return best, history
-    damped = d.gcc.astype(np.float64)  # the one float64 in×in copy (no identity matrices beside it)
-    damped.flat[:: len(damped) + 1] += _damping(d.gcc, damp)
-    evals, q = np.linalg.eigh(damped)
-    del damped
+    evals, q = np.linalg.eigh(plus_diagonal(d.gcc, damping(d.gcc, damp)))
     target = d.target  # the Ŵ-step solves Ŵ·(G̃ + ρI) = W·E[x·x̃ᵀ] + ρ(Z − U)
     u = np.zeros_like(w)
     r = rho * (float(np.mean(np.diag(d.gcc))) or 1.0)
@@ -116,7 +108,7 @@ def masked_least_squares(d: LayerData, mask: np.ndarray, damp: float) -> np.ndar
     Ŵ[S] = (W·E[x·x̃ᵀ])[S]·G̃[S,S]⁻¹. Rows that share a support (a bcr block)
     share one solve; only each support's block of G̃ is damped (a copy of the
     whole in×in G̃ would be its largest allocation)."""
-    lam = _damping(d.gcc, damp)
+    lam = damping(d.gcc, damp)
     out = np.zeros(mask.shape, dtype=np.float64)
     groups: dict[bytes, list[int]] = {}
     for i, row in enumerate(mask):
@@ -124,8 +116,7 @@ def masked_least_squares(d: LayerData, mask: np.ndarray, damp: float) -> np.ndar
     for rows in groups.values():
         support = np.flatnonzero(mask[rows[0]])
         if len(support):
-            gs = d.gcc[np.ix_(support, support)].astype(np.float64)
-            gs.flat[:: len(support) + 1] += lam
+            gs = plus_diagonal(d.gcc[np.ix_(support, support)], lam)
             out[np.ix_(rows, support)] = np.linalg.solve(gs, d.target[np.ix_(rows, support)].T).T
     return out
 

@@ -46,7 +46,7 @@ from torch_mlir import ir
 
 from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, option
 from optc.builder import Builder
-from optc.calibration import LayerData, objective, solve_in_order
+from optc.calibration import LayerData, damping, objective, plus_diagonal, solve_in_order
 from optc.errors import OptionError
 from optc.hookspecs import hookimpl
 from optc.plugins.lowrank import energy_rank
@@ -98,7 +98,7 @@ def coefficients(matrix: np.ndarray, bases: np.ndarray, keep: np.ndarray | None,
     d = data if data is not None else LayerData.same(np.eye(cols), w)
     gt = t.T @ d.gcc.astype(np.float64) @ t  # the second moment of the basis maps
     if data is not None:
-        gt += damp * (float(np.mean(np.diag(gt))) or 1.0) * np.eye(len(gt))
+        gt = plus_diagonal(gt, damping(gt, damp))
     target = d.target @ t
     if keep is None:
         return np.linalg.solve(gt, target.T).T
