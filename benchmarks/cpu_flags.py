@@ -59,6 +59,10 @@ FLAG_SETS: dict[str, CpuOptions] = {
     # attention models with distinct weights per layer.
     "default with transpose propagation": CpuOptions(flags=("--iree-global-opt-propagate-transposes=true",)),
     "default without transpose propagation": CpuOptions(flags=("--iree-global-opt-propagate-transposes=false",)),
+    # lets IREE move reshapes across reductions: bcr's windowed scatters are
+    # (…, window, lane) ops whose reshape otherwise splits a following layer
+    # norm into four dispatches (issue 10)
+    "default + aggressive reshape movement": CpuOptions(flags=("--iree-dispatch-creation-enable-aggressive-reshape-movement",)),
     "fast": CpuOptions(fast=False, flags=BASE),
     "fast + aggressive fusion": CpuOptions(fast=False, flags=(*BASE, "--iree-dispatch-creation-enable-aggressive-fusion")),
     "fast + ukernels": CpuOptions(fast=False, flags=(*BASE, "--iree-llvmcpu-enable-ukernels=all")),

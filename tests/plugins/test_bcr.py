@@ -9,7 +9,8 @@ import torch
 
 from optc.api import MethodContext, build_options
 from optc.errors import OptionError
-from optc.plugins.bcr import Bcr, choose_blocks
+from optc.plugins.bcr import Bcr, ScatterWindows, choose_blocks, row_positions
+from optc.structures import BlockColumnRow
 from optc.targets.cpu import CpuOptions, CpuTarget
 from optc.verify import compare, eager_outputs, verify
 from tests.conftest import filecheck, lowered
@@ -92,9 +93,12 @@ CHECKS = """
 // CHECK: -> tensor<128x4x64xf32>
 // CHECK: linalg.fill
 // CHECK-NEXT: linalg.batch_matmul ins(%{{.*}}, %{{.*}} : tensor<128x4x64xf32>, tensor<128x64x2xf32>) outs(%{{.*}} : tensor<128x4x2xf32>)
-// CHECK-NEXT: linalg.generic
-// CHECK: tensor.extract
-// CHECK: -> tensor<4x512xf32>
+// CHECK-NEXT: tensor.expand_shape {{.*}} into tensor<4x128x4xf32>
+// CHECK-NEXT: linalg.generic {{.*}} ins(%{{.*}}, %{{.*}} : tensor<128xf32>, tensor<128x4xi32>) outs(%{{.*}} : tensor<4x128x4xf32>)
+// CHECK-COUNT-2: tensor.extract %{{.*}} : tensor<128x4x2xf32>
+// CHECK-NOT: tensor.extract %{{.*}} : tensor<128x4x2xf32>
+// CHECK: -> tensor<4x128x4xf32>
+// CHECK-NEXT: tensor.collapse_shape {{.*}} into tensor<4x512xf32>
 // CHECK-NOT: dense_resource<"0.weight">
 """
 
@@ -107,9 +111,12 @@ ONE_GROUP_CHECKS = """
 // CHECK: -> tensor<1x4x64xf32>
 // CHECK: linalg.fill
 // CHECK-NEXT: linalg.matmul ins(%{{.*}}, %{{.*}} : tensor<4x64xf32>, tensor<64x256xf32>) outs(%{{.*}} : tensor<4x256xf32>)
-// CHECK: linalg.generic
-// CHECK: tensor.extract
-// CHECK: -> tensor<4x512xf32>
+// CHECK: tensor.expand_shape {{.*}} into tensor<4x32x16xf32>
+// CHECK-NEXT: linalg.generic {{.*}} ins(%{{.*}}, %{{.*}} : tensor<32xf32>, tensor<32x16xi32>) outs(%{{.*}} : tensor<4x32x16xf32>)
+// CHECK-COUNT-8: tensor.extract %{{.*}} : tensor<1x4x256xf32>
+// CHECK-NOT: tensor.extract %{{.*}} : tensor<1x4x256xf32>
+// CHECK: -> tensor<4x32x16xf32>
+// CHECK-NEXT: tensor.collapse_shape {{.*}} into tensor<4x512xf32>
 // CHECK-NOT: linalg.batch_matmul
 // CHECK-NOT: dense_resource<"0.weight">
 """
@@ -127,6 +134,43 @@ GROUPS_CHECKS = """
 def test_rewritten_irfilecheck(tmp_path, checks, col_group):
     _, p, _ = apply("mlp", block=4, col_keep=0.25, row_keep=0.5, col_group=col_group, layers="0.weight")
     filecheck(tmp_path, checks, p.to_text())
+
+
+# The reference LSTM at batch 1: its input projection (12 steps) scatters by
+# window, its recurrent step (one row) per output row, fused into the gates,
+# from the same tables.
+ONE_ROW_CHECKS = """
+// CHECK: linalg.matmul ins(%{{.*}}, %{{.*}} : tensor<12x8xf32>, tensor<8x128xf32>)
+// CHECK: tensor.expand_shape {{.*}} into tensor<12x16x16xf32>
+// CHECK: linalg.matmul ins(%{{.*}}, %{{.*}} : tensor<1x32xf32>, tensor<32x128xf32>)
+// CHECK-NEXT: tensor.expand_shape {{.*}} into tensor<1x1x128xf32>
+// CHECK-NEXT: tensor.collapse_shape {{.*}} : tensor<16x16xi32> into tensor<256xi32>
+// CHECK-NEXT: linalg.generic {{.*}} ins(%{{.*}} : tensor<256xi32>) outs(%{{.*}} : tensor<1x256xf32>)
+// CHECK-NOT: into tensor<1x16x16xf32>
+"""
+
+
+def test_a_one_row_matmul_scatters_per_row_and_longer_ones_by_window(tmp_path):
+    _, p, _ = apply("lstm", block=16, skip="fc.weight")
+    filecheck(tmp_path, ONE_ROW_CHECKS, p.to_text())
+
+
+@pytest.mark.parametrize("block, groups, rows", [(16, 1, 8), (64, 1, 32), (4, 8, 2), (4, 64, 1), (8, 1, 8)])
+def test_scatter_windows_address_every_kept_row_and_only_those(block, groups, rows):
+    rng = np.random.default_rng(block + groups)
+    n, k = 256, 32
+    m = rng.standard_normal((n, k))
+    cols, kept_rows = choose_blocks(m, block, 8, rows, None, n // groups)
+    s = BlockColumnRow((n, k), block, cols, kept_rows)
+    blk, pos = row_positions(s)
+    w = ScatterWindows.of(s)
+    channels = s.blocks // s.groups * rows
+    assert (n // groups) % w.lanes == 0 and 0 <= w.start.min() and (w.start + w.width <= channels).all()
+    t, lane = np.divmod(np.arange(n), w.lanes)
+    off = w.off[t, lane]
+    assert ((off >= 0) == (pos >= 0)).all() and off.max() < w.width
+    kept = pos >= 0
+    assert (w.grp[t] == blk).all() and (w.start[t][kept] + off[kept] == pos[kept]).all()
 
 
 def test_col_group_shares_columns_across_its_blocks():
