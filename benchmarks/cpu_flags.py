@@ -63,6 +63,7 @@ FLAG_SETS: dict[str, CpuOptions] = {
     # (…, window, lane) ops whose reshape otherwise splits a following layer
     # norm into four dispatches (issue 10)
     "default + aggressive reshape movement": CpuOptions(flags=("--iree-dispatch-creation-enable-aggressive-reshape-movement",)),
+    "default + collapse across expands": CpuOptions(flags=("--iree-dispatch-creation-propagate-collapse-across-expands",)),
     "fast": CpuOptions(fast=False, flags=BASE),
     "fast + aggressive fusion": CpuOptions(fast=False, flags=(*BASE, "--iree-dispatch-creation-enable-aggressive-fusion")),
     "fast + ukernels": CpuOptions(fast=False, flags=(*BASE, "--iree-llvmcpu-enable-ukernels=all")),
