@@ -100,6 +100,11 @@ class BlockColumnRow(Structure):
     def groups(self) -> int:
         return len(self.cols)
 
+    @property
+    def group_channels(self) -> int:
+        """Compact output channels per column group (its blocks' kept rows side by side)."""
+        return self.blocks // self.groups * self.rows.shape[1]
+
     def block_cols(self, b: int) -> np.ndarray:
         return self.cols[b // (self.blocks // self.groups)]
 

@@ -225,7 +225,7 @@ class ScatterWindows:
     def of(cls, s: BlockColumnRow) -> "ScatterWindows":
         blk, pos = row_positions(s)
         lanes = next(c for c in (LANES, 8, 4, 2, 1) if (s.shape[0] // s.groups) % c == 0)
-        channels = s.blocks // s.groups * s.rows.shape[1]
+        channels = s.group_channels
         p = pos.reshape(-1, lanes)
         kept = p >= 0
         width = max(1, int(kept.sum(axis=1).max()))
@@ -260,12 +260,22 @@ class _Tables:
         return tuple(self.rw.constant(f"bcr_{tag}", a.astype(np.int32)) for tag, a in (("channel", ch), ("row", r * dil[0]), ("col", q * dil[1])))
 
     @cached_property
-    def windows(self) -> tuple[ScatterWindows, tuple[ir.Value, ir.Value, ir.Value, ir.Value]]:
-        """ScatterWindows.of(), and its (grp, start, anchor, off) as constants;
-        anchor is zeros per window, an operand indexed by the window alone."""
+    def windows(self) -> "_WindowTables":
         w = ScatterWindows.of(self.s)
-        return w, tuple(self.rw.constant(f"bcr_window_{tag}", a) for tag, a in (
-            ("group", w.grp), ("start", w.start), ("anchor", np.zeros(len(w.start), dtype=np.float32)), ("offset", w.off)))
+        return _WindowTables(w.lanes, w.width, *(self.rw.constant(f"bcr_window_{tag}", a) for tag, a in (
+            ("group", w.grp), ("start", w.start), ("anchor", np.zeros(len(w.start), dtype=np.float32)), ("offset", w.off))))
+
+
+@dataclass
+class _WindowTables:
+    """ScatterWindows as the program's constants."""
+
+    lanes: int
+    width: int
+    grp: ir.Value
+    start: ir.Value
+    anchor: ir.Value  # zeros per window: an operand indexed by the window alone
+    off: ir.Value
 
 
 def _rewrite(build: Any, w: WeightedOp, s: BlockColumnRow, compact: ir.Value, t: _Tables) -> ir.Value:
@@ -273,7 +283,7 @@ def _rewrite(build: Any, w: WeightedOp, s: BlockColumnRow, compact: ir.Value, t:
     op = w.op
     x, init = op.operands[0], op.operands[2]
     g, kc = s.cols.shape
-    width = s.blocks // g * s.rows.shape[1]  # compact output channels per column group
+    width = s.group_channels
     f32 = ir.RankedTensorType(init.type).element_type
     if w.kind == "conv2d":
         return _rewrite_conv(build, x, init, [int(d) for d in np.array(op.attributes["strides"])], compact, t, g, kc, width, f32)
@@ -380,7 +390,7 @@ def _interleave(build: Any, y: ir.Value, init: ir.Value) -> ir.Value:
     )
 
 
-def _expand_rows(build: Any, y: ir.Value, init: ir.Value, windows: tuple[ScatterWindows, tuple[ir.Value, ...]]) -> ir.Value:
+def _expand_rows(build: Any, y: ir.Value, init: ir.Value, w: _WindowTables) -> ir.Value:
     """out[…, o] = init + Y[grp, …, pos[o]] for kept output rows o (the last
     dim), init for pruned ones. ``y`` is (groups, *lead, channels).
 
@@ -389,7 +399,6 @@ def _expand_rows(build: Any, y: ir.Value, init: ir.Value, windows: tuple[Scatter
     broadcast load, so the op vectorizes. Indexed per output row (Y[…, pos[o]]),
     every element is a scalar load and an insert: 52 against 19 µs a call on
     the BERT-shaped encoder's FFN (README)."""
-    w, (grp, start_table, anchor_table, off_table) = windows
     shape = shape_of(init)
     lead = shape[:-1]
     rank = len(shape) + 1
@@ -401,7 +410,7 @@ def _expand_rows(build: Any, y: ir.Value, init: ir.Value, windows: tuple[Scatter
     i32, idx = ir.IntegerType.get_signless(32), ir.IndexType.get()
 
     def body(anchor: ir.Value, off: ir.Value, acc: ir.Value) -> ir.Value:
-        g, start = (build.to_index(tensor.ExtractOp(table, [build.index(rank - 2)]).result) for table in (grp, start_table))
+        g, start = (build.to_index(tensor.ExtractOp(table, [build.index(rank - 2)]).result) for table in (w.grp, w.start))
         at = [g, *(build.index(d) for d in range(len(lead)))]
         v = arith.ConstantOp(f32, 0.0).result
         for j in range(w.width):
@@ -412,26 +421,25 @@ def _expand_rows(build: Any, y: ir.Value, init: ir.Value, windows: tuple[Scatter
         # the reads' index differ per lane again
         return arith.AddFOp(acc, arith.AddFOp(v, anchor).result).result
 
-    res = build.generic([anchor_table, off_table], out, [f"({dims}) -> ({win})", f"({dims}) -> ({win}, {lane})", f"({dims}) -> ({dims})"], body)
+    res = build.generic([w.anchor, w.off], out, [f"({dims}) -> ({win})", f"({dims}) -> ({win}, {lane})", f"({dims}) -> ({dims})"], body)
     return build.collapse(res, split)
 
 
-def _scatter_rows(build: Any, y: ir.Value, init: ir.Value, windows: tuple["ScatterWindows", tuple[ir.Value, ...]]) -> ir.Value:
+def _scatter_rows(build: Any, y: ir.Value, init: ir.Value, w: _WindowTables) -> ir.Value:
     """_expand_rows' result indexed per output row o (window o // lanes): a
     scalar load per element, which fuses into a consumer of the same shape."""
-    w, (grp, start, _, off) = windows
     rank = len(shape_of(init))
     dims = ", ".join(f"d{i}" for i in range(rank))
     f32 = ir.RankedTensorType(init.type).element_type
 
     def body(p: ir.Value, acc: ir.Value) -> ir.Value:
         t = arith.DivUIOp(build.index(rank - 1), arith.ConstantOp(ir.IndexType.get(), w.lanes).result).result
-        g, first = (build.to_index(tensor.ExtractOp(table, [t]).result) for table in (grp, start))
+        g, first = (build.to_index(tensor.ExtractOp(table, [t]).result) for table in (w.grp, w.start))
         lead = [build.index(i) for i in range(rank - 1)]
         read = lambda safe: tensor.ExtractOp(y, [g, *lead, arith.AddIOp(first, safe).result]).result  # noqa: E731
         return arith.AddFOp(acc, _kept_row(build, p, read, f32)).result
 
-    return build.generic([build.collapse(off, [[0, 1]])], init, [f"({dims}) -> (d{rank - 1})", f"({dims}) -> ({dims})"], body)
+    return build.generic([build.collapse(w.off, [[0, 1]])], init, [f"({dims}) -> (d{rank - 1})", f"({dims}) -> ({dims})"], body)
 
 
 def _kept_row(build: Any, p: ir.Value, read: Callable[[ir.Value], ir.Value], f32: ir.Type) -> ir.Value:
