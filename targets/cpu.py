@@ -12,7 +12,7 @@ import numpy as np
 from optc.api import Artifact, Session, Target, option
 from optc.errors import CompileError
 from optc.hookspecs import hookimpl
-from optc.program import Program, reassociation, walk_nested
+from optc.program import Program, apply_view, reassociation, shape_of, walk_nested
 
 from optc.targets.iree_common import IreeSession, compile_program
 
@@ -121,6 +121,19 @@ PACKED_ROWS = 16
 # 5.88 and BERT-shaped (17 M) 8.03 / 5.55 (2026-12-04). Only RNNs: MobileNetV2-
 # shaped after lowrank reduction=4 (87 M MACs, 0.87 M per contraction) ran 19.3
 # ms on local-sync against 14.6 for dense on local-task (benchmarks/reference_table.py).
+# Matvecs: a matmul of one row against a weight (an RNN step at batch 1, a
+# classifier head). IREE 3.13's data tiling gives an f32 M=1 matmul 1x16 tiles
+# on AVX-512 (enumerateMatmulTileX86_64): one chain of dependent FMAs per 16
+# outputs, bound by FMA latency. matvecs_as_panels() writes it as a generic over
+# weight panels of MATVEC_LANES outputs (MATVEC_LANES / 16 accumulators) with
+# its own lowering config. A 2-layer LSTM (hidden 256, 50 steps, weights in L2),
+# iree-benchmark-module median, local-sync: 2.1 ms -> 1.04 ms (the 1024x256
+# matvec 21 -> 7.0 us); 64 lanes 1.14 ms, 32 lanes 1.18 ms; the reference LSTM
+# (hidden 512: 4 MB per layer, past one core's L2) 10.4 -> 10.3 ms, bound by
+# memory either way (2026-12-05).
+MATVEC_LANES = (128, 64, 32, 16)  # widest that divides the outputs
+MATVEC_K_UNROLL = 8
+MATVEC_PANELS_PER_WORKGROUP = 2
 SYNC_MAX_MACS = 16_000_000
 SYNC_MAX_MEAN_MACS = 1_000_000
 RNN_MIN_STEPS = 8
@@ -173,7 +186,7 @@ class CpuTarget(Target):
 
     def compile(self, program: Program, options: Any) -> Artifact:
         try:
-            prepared, _ = winograd_as_linalg(max_pools_as_taps(single_channel_convs_as_taps(depthwise_as_taps(program))) if options.fast else program,
+            prepared, _ = winograd_as_linalg(matvecs_as_panels(max_pools_as_taps(single_channel_convs_as_taps(depthwise_as_taps(program)))) if options.fast else program,
                                              options.winograd if options.fast else 0)
             artifact = compile_program(prepared, self.name, "llvm-cpu", self.flags_for(program, options), options)
         except CompileError as fast_error:
@@ -439,6 +452,91 @@ def max_pools_as_taps(program: Program) -> Program:
         pool.erase()
 
     return _rewrite_each(program, lambda op: op.name == "linalg.pooling_nchw_max", rewrite)
+
+
+def weight_matvecs(program: Program) -> list[Any]:
+    """The ``linalg.matmul`` ops (in any function of the module) of one row
+    against an f32 weight read through transposes and reshapes only, with a
+    multiple of 16 outputs: matvecs_as_panels() rewrites these."""
+    return [op for op in walk_nested(program.module.operation) if _matvec_weight(program, op) is not None]
+
+
+def _matvec_weight(program: Program, op: Any) -> tuple[str, list[tuple[str, Any]]] | None:
+    if op.name != "linalg.matmul" or len(op.operands) != 3:
+        return None
+    lhs, rhs = (shape_of(v) for v in op.operands[:2])
+    if len(lhs) != 2 or lhs[0] != 1 or shape_of(op.results[0])[1] % MATVEC_LANES[-1]:
+        return None
+    traced = program.trace_param(op.operands[1])
+    if traced is None or program.params[traced[0]].dtype != np.float32:
+        return None
+    return traced if all(kind in ("transpose", "reshape") for kind, _ in traced[1]) else None
+
+
+def matvecs_as_panels(program: Program) -> Program:
+    """A copy of ``program`` in which every weight_matvecs() op ``y = x·W`` (x: 1×K,
+    W: K×N) is a reduction over the weight stored as panels of L outputs,
+    P[t, k, i] = W[k, t·L + i] (L the widest of MATVEC_LANES dividing N):
+
+        y[t, i] = init[t·L + i] + Σ_k x[k]·P[t, k, i]
+
+    with a lowering config that keeps a panel row's L/16 vectors as separate
+    accumulators (see MATVEC_LANES); ``program`` itself when there are none.
+    Panels are new constants, one per weight and width, shared by every use."""
+    from torch_mlir import ir
+
+    from optc.builder import Builder
+
+    panels: dict[tuple[str, str, int], ir.Value] = {}
+
+    def rewrite(copy: Program, op: Any) -> None:
+        x, w, init = op.operands
+        (k, n), lanes = shape_of(w), next(lane for lane in MATVEC_LANES if shape_of(w)[1] % lane == 0)
+        func = copy.function(_enclosing_function(op))
+        param, chain = func.trace_param(w)
+        key = (func.func_name, param, lanes)
+        if key not in panels:
+            weight = apply_view(copy.params[param], chain).reshape(k, n // lanes, lanes).transpose(1, 0, 2)
+            panels[key] = func.constant(f"{param}.panels{lanes}", weight, origin=copy.layer_of(param))
+        config = _iree_attribute(copy, "#iree_codegen.compilation_info<lowering_config = #iree_cpu.lowering_config<"
+                                 f"distribution = [{MATVEC_PANELS_PER_WORKGROUP}, 0, 0], vector_common_parallel = [1, {lanes}, 0], "
+                                 f"vector_reduction = [0, 0, {MATVEC_K_UNROLL}]>, translation_info = "
+                                 "#iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<DoubleTilingExpert>>>")
+        with Builder(copy, before=op) as b:
+            acc = b.collapse(b.expand(init, [[0], [1, 2]], (1, n // lanes, lanes)), [[0, 1], [2]])
+            y = b.generic([b.collapse(x, [[0, 1]]), panels[key]], acc,
+                          ["(t, i, k) -> (k)", "(t, i, k) -> (t, k, i)", "(t, i, k) -> (t, i)"],
+                          lambda xv, wv, out: b.add(out, b.mul(xv, wv)), attrs={"compilation_info": config},
+                          iterators=["parallel", "parallel", "reduction"])
+            out = b.collapse(b.expand(y, [[0, 1], [2]], (1, n // lanes, lanes)), [[0], [1, 2]])
+        op.results[0].replace_all_uses_with(out)
+        op.erase()
+
+    return _rewrite_each(program, lambda op: _matvec_weight(program, op) is not None, rewrite)
+
+
+def _iree_attribute(program: Program, text: str) -> Any:
+    """An attribute of IREE's own dialects, which torch-mlir's context does not
+    register: held opaque, written into the bytecode as text, parsed by iree-compile."""
+    from torch_mlir import ir
+
+    context = program.context
+    allowed = context.allow_unregistered_dialects
+    context.allow_unregistered_dialects = True
+    try:
+        with context:
+            return ir.Attribute.parse(text)
+    finally:
+        context.allow_unregistered_dialects = allowed
+
+
+def _enclosing_function(op: Any) -> str:
+    from torch_mlir import ir
+
+    parent = op.parent
+    while parent.name != "func.func":
+        parent = parent.parent
+    return ir.StringAttr(parent.attributes["sym_name"]).value
 
 
 def _rewrite_each(program: Program, picked: Callable[[Any], bool], rewrite: Callable[[Program, Any], None]) -> Program:

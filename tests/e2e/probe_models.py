@@ -179,3 +179,23 @@ def pointwise_stack() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
     layers = [m for _ in range(24) for m in (nn.Conv2d(16, 16, 1), nn.ReLU())]
     return nn.Sequential(*layers).eval(), (torch.randn(1, 16, 56, 56),)
+
+
+
+class _MatvecKinds(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Linear(13, 256)  # odd K; 128-output panels
+        self.narrow = nn.Linear(256, 48, bias=False)  # 16-output panels
+        self.ragged = nn.Linear(48, 40)  # 40 outputs: not a multiple of 16, left a matmul
+        self.back = nn.Linear(40, 48)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(self.narrow(torch.relu(self.wide(x)))) + self.narrow(torch.relu(self.wide(2 * x)))  # each weight read twice
+        return self.back(torch.relu(self.ragged(y)))
+
+
+def matvec_kinds() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """One-row linear layers of the widths the cpu target writes as weight panels, and one it leaves."""
+    torch.manual_seed(0)
+    return _MatvecKinds().eval(), (torch.randn(1, 13),)

@@ -409,6 +409,53 @@ def test_max_pools_become_taps_and_match_eager():
     _compile_and_compare(model, p)
 
 
+MATVEC_CHECKS = """
+// Each weight becomes one panel constant, P[t, k, i] = W[k, t*L + i]: wide 13 -> 256 in 128-wide panels, narrow 256 -> 48 in 16-wide ones
+// CHECK-DAG: dense_resource<narrow.weight.panels16> : tensor<3x256x16xf32>
+// CHECK-DAG: dense_resource<wide.weight.panels128> : tensor<2x13x128xf32>
+// CHECK: linalg.generic {indexing_maps = [#[[X:map[0-9]*]], #[[P:map[0-9]*]], #[[Y:map[0-9]*]]], iterator_types = ["parallel", "parallel", "reduction"]}
+// CHECK-SAME: ins(%{{.*}}, %{{.*}} : tensor<13xf32>, tensor<2x13x128xf32>) outs(%{{.*}} : tensor<2x128xf32>)
+// CHECK-SAME: compilation_info = #iree_codegen.compilation_info<lowering_config = #iree_cpu.lowering_config<distribution = [2, 0, 0], vector_common_parallel = [1, 128, 0], vector_reduction = [0, 0, 8]>
+// CHECK-NEXT: ^bb0(%[[XV:.*]]: f32, %[[WV:.*]]: f32, %[[ACC:.*]]: f32):
+// CHECK-NEXT: %[[M:.*]] = arith.mulf %[[XV]], %[[WV]]
+// CHECK-NEXT: %[[S:.*]] = arith.addf %[[ACC]], %[[M]]
+// CHECK-NEXT: linalg.yield %[[S]]
+// CHECK: tensor.collapse_shape %{{.*}} {{\[\[}}0], [1, 2]] : tensor<1x2x128xf32> into tensor<1x256xf32>
+// CHECK: ins(%{{.*}}, %{{.*}} : tensor<256xf32>, tensor<3x256x16xf32>) outs(%{{.*}} : tensor<3x16xf32>)
+// CHECK-SAME: vector_common_parallel = [1, 16, 0]
+// The 40-output layer stays IREE's matmul
+// CHECK: linalg.matmul ins(%{{.*}}, %{{.*}} : tensor<1x48xf32>, tensor<48x40xf32>)
+"""
+
+
+def test_one_row_weight_matmuls_become_panel_reductions_and_match_eager(tmp_path):
+    from optc.targets.cpu import matvecs_as_panels, weight_matvecs
+
+    model, p = _probe("matvec_kinds")
+    before = p.to_text()
+    assert len(weight_matvecs(p)) == 5  # wide and narrow twice each, back; not the 40-output layer
+    prepared = matvecs_as_panels(p)
+    text = prepared.to_text()
+    filecheck(tmp_path, MATVEC_CHECKS, text)
+    assert text.count("linalg.matmul") == 1 and text.count("compilation_info = ") == 5
+    assert sorted(n for n in prepared.params if ".panels" in n) == ["back.weight.panels16", "narrow.weight.panels16", "wide.weight.panels128"]
+    assert p.to_text() == before  # the program itself is left as it was
+    for options in (CpuOptions(), CpuOptions(driver="local-task")):
+        _compile_and_compare(model, p, options)
+    assert not weight_matvecs(_probe("conv_kinds")[1])
+
+
+def test_an_rnn_reads_one_panel_constant_per_weight_for_all_its_steps():
+    from optc.targets.cpu import matvecs_as_panels, weight_matvecs
+
+    model, p = lowered("lstm2_h256")
+    steps = weight_matvecs(p)
+    recurrent = {p.trace_param(op.operands[1])[0] for op in steps}
+    assert len(steps) >= 2 * 8 and len(recurrent) == 2  # every step of both layers, against two hidden-to-hidden weights
+    prepared = matvecs_as_panels(p)
+    assert sum(".panels" in n for n in prepared.params) == 2
+    _compile_and_compare(model, p)
+
 def test_transpose_propagation_is_off_only_for_programs_with_attention():
     from optc.targets.cpu import NO_TRANSPOSE_PROPAGATION, attention_matmuls
 
