@@ -457,14 +457,37 @@ def max_pools_as_taps(program: Program) -> Program:
 def weight_matvecs(program: Program) -> list[Any]:
     """The ``linalg.matmul`` ops (in any function of the module) of one row
     against an f32 weight read through transposes and reshapes only, with a
-    multiple of 16 outputs: matvecs_as_panels() rewrites these."""
-    return [op for op in walk_nested(program.module.operation) if _matvec_weight(program, op) is not None]
+    multiple of 16 outputs, whose weight only such ops read (a batch-4 variant
+    beside the batch-1 one keeps both on IREE's matmul: packing for one would
+    store the weight twice): matvecs_as_panels() rewrites these."""
+    packable = _packable_weights(program)
+    return [op for op in walk_nested(program.module.operation) if _is_weight_matvec(program, op, packable)]
+
+
+def _is_weight_matvec(program: Program, op: Any, packable: set[str]) -> bool:
+    weight = _matvec_weight(program, op)
+    return weight is not None and weight[0] in packable
+
+
+def _packable_weights(program: Program) -> set[str]:
+    """Weights every reader of which is a one-row matmul (_matvec_weight)."""
+    readers: dict[str, int] = {}
+    matvecs: dict[str, int] = {}
+    for op in walk_nested(program.module.operation):
+        if op.results and program.trace_param(op.results[0]) is not None:
+            continue  # the constant itself or a view of it: not a reader
+        for param in {t[0] for t in map(program.trace_param, op.operands) if t is not None}:
+            readers[param] = readers.get(param, 0) + 1
+        weight = _matvec_weight(program, op)
+        if weight is not None:
+            matvecs[weight[0]] = matvecs.get(weight[0], 0) + 1
+    return {param for param, n in matvecs.items() if readers[param] == n}
 
 
 def _matvec_weight(program: Program, op: Any) -> tuple[str, list[tuple[str, Any]]] | None:
     if op.name != "linalg.matmul" or len(op.operands) != 3:
         return None
-    lhs, rhs = (shape_of(v) for v in op.operands[:2])
+    lhs = shape_of(op.operands[0])
     if len(lhs) != 2 or lhs[0] != 1 or shape_of(op.results[0])[1] % MATVEC_LANES[-1]:
         return None
     traced = program.trace_param(op.operands[1])
@@ -512,7 +535,8 @@ def matvecs_as_panels(program: Program) -> Program:
         op.results[0].replace_all_uses_with(out)
         op.erase()
 
-    return _rewrite_each(program, lambda op: _matvec_weight(program, op) is not None, rewrite)
+    packable = _packable_weights(program)
+    return _rewrite_each(program, lambda op: _is_weight_matvec(program, op, packable), rewrite)
 
 
 def _iree_attribute(program: Program, text: str) -> Any:

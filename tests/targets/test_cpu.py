@@ -445,6 +445,20 @@ def test_one_row_weight_matmuls_become_panel_reductions_and_match_eager(tmp_path
     assert not weight_matvecs(_probe("conv_kinds")[1])
 
 
+def test_a_weight_also_read_by_a_wider_matmul_is_not_packed():
+    """A batch-4 variant beside the batch-1 one: panels for the one-row matmuls
+    would store each weight twice, so both variants keep IREE's matmul."""
+    from optc.load import load_model
+    from optc.targets.cpu import matvecs_as_panels, weight_matvecs
+    from optc.variants import lower_at_shapes, merge_variants
+
+    model = load_model("examples.models:mlp")
+    one, four = lower_at_shapes(model, [(1, 256), (4, 256)])
+    assert weight_matvecs(one)  # alone, the batch-1 function's layers are packed
+    merged = merge_variants([four, one])
+    assert weight_matvecs(merged) == [] and matvecs_as_panels(merged) is merged
+
+
 def test_an_rnn_reads_one_panel_constant_per_weight_for_all_its_steps():
     from optc.targets.cpu import matvecs_as_panels, weight_matvecs
 
