@@ -145,7 +145,7 @@ _CPU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 @dataclass
 class CpuOptions:
     cpu: str = option("host", "LLVM CPU name to generate code for (host = this machine)")
-    fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs), and depthwise convs, one-input-channel convs and max pools as elementwise ops over their taps; falls back to the safe set if it fails")
+    fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs), depthwise convs, one-input-channel convs and max pools as elementwise ops over their taps, and one-row matmuls against a weight as reductions over weight panels; falls back to the safe set if it fails")
     winograd: int = option(WINOGRAD_MIN_OUTPUT, f"with fast: Winograd for 3x3 stride-1 convs whose output is at least this many pixels on each side, F(6x6,3x3) from {WINOGRAD_F6_MIN_OUTPUT}, F(4x4,3x3) below (0 = never)")
     flags: tuple[str, ...] = option((), "extra IREE compiler flags, comma-separated (for experiments; see benchmarks/cpu_flags.py)")
     driver: str = option("auto", f"IREE runtime driver the artifact is run with: local-task (a pool of worker threads), local-sync (the calling thread), or auto: local-sync when one call of the model (its largest variant) does under {SYNC_MAX_MACS // 1_000_000} M MACs or it is an unrolled RNN whose contractions average under {SYNC_MAX_MEAN_MACS // 1_000_000} M MACs, else local-task; written into the artifact's metadata")
@@ -186,8 +186,10 @@ class CpuTarget(Target):
 
     def compile(self, program: Program, options: Any) -> Artifact:
         try:
-            prepared, _ = winograd_as_linalg(matvecs_as_panels(max_pools_as_taps(single_channel_convs_as_taps(depthwise_as_taps(program)))) if options.fast else program,
-                                             options.winograd if options.fast else 0)
+            prepared = program
+            if options.fast:
+                prepared, _ = winograd_as_linalg(max_pools_as_taps(single_channel_convs_as_taps(depthwise_as_taps(program))), options.winograd)
+                prepared = matvecs_as_panels(prepared)  # last: the IREE attributes it adds do not survive a Program.clone()
             artifact = compile_program(prepared, self.name, "llvm-cpu", self.flags_for(program, options), options)
         except CompileError as fast_error:
             if not options.fast:
@@ -471,12 +473,18 @@ def _is_weight_matvec(program: Program, op: Any, packable: set[str]) -> bool:
 
 def _packable_weights(program: Program) -> set[str]:
     """Weights every reader of which is a one-row matmul (_matvec_weight)."""
+    from torch_mlir import ir
+
     readers: dict[str, int] = {}
     matvecs: dict[str, int] = {}
-    for op in walk_nested(program.module.operation):
-        if op.results and program.trace_param(op.results[0]) is not None:
+    def traced(value: Any) -> str | None:
+        found = program.trace_param(value) if isinstance(value.type, ir.RankedTensorType) else None
+        return found[0] if found is not None else None
+
+    for op in walk_nested(program.module.operation):  # generic bodies too: a tensor.extract reads a table
+        if op.results and traced(op.results[0]) is not None:
             continue  # the constant itself or a view of it: not a reader
-        for param in {t[0] for t in map(program.trace_param, op.operands) if t is not None}:
+        for param in {traced(v) for v in op.operands} - {None}:
             readers[param] = readers.get(param, 0) + 1
         weight = _matvec_weight(program, op)
         if weight is not None:
@@ -505,7 +513,9 @@ def matvecs_as_panels(program: Program) -> Program:
 
     with a lowering config that keeps a panel row's L/16 vectors as separate
     accumulators (see MATVEC_LANES); ``program`` itself when there are none.
-    Panels are new constants, one per weight and width, shared by every use."""
+    Panels are new constants, one per weight and width, shared by every use.
+    The config is an IREE attribute that torch-mlir's context holds only
+    opaquely: the copy cannot be cloned again (Program.clone parses it anew)."""
     from torch_mlir import ir
 
     from optc.builder import Builder
