@@ -101,6 +101,20 @@ WINOGRAD_MIN_OUT_CHANNELS = 16
 # IREE's f32 data-tiling row tile on this AVX-512 host (mmt4d M0): see single_channel_convs_as_taps()
 PACKED_ROWS = 16
 
+# Matvecs: a matmul of one row against a weight (an RNN step at batch 1, a
+# classifier head). IREE 3.13's data tiling gives an f32 M=1 matmul 1x16 tiles
+# on AVX-512 (enumerateMatmulTileX86_64): one chain of dependent FMAs per 16
+# outputs, bound by FMA latency. matvecs_as_panels() writes it as a generic over
+# weight panels of MATVEC_LANES outputs (MATVEC_LANES / 16 accumulators) with
+# its own lowering config. A 2-layer LSTM (hidden 256, 50 steps, weights in L2),
+# iree-benchmark-module median, local-sync: 2.1 ms -> 1.04-1.10 ms (the 1024x256
+# matvec 21 -> 7.0-7.3 us); 64 lanes 1.14 ms, 32 lanes 1.18 ms; the reference LSTM
+# (hidden 512: 4 MB per layer, past one core's L2) 10.4 -> 10.3 ms, bound by
+# memory either way (2026-12-05).
+MATVEC_LANES = (128, 64, 32, 16)  # widest that divides the outputs
+MATVEC_K_UNROLL = 8
+MATVEC_PANELS_PER_WORKGROUP = 2  # 2 or 4 measured the same on both drivers
+
 # Driver: IREE's local-task pool hands each call to its worker threads and
 # wakes the caller when they finish, about 0.08 ms per hand-off on this 2-core
 # machine (a one-dispatch call: 0.08 ms on local-task, 0.002 ms on local-sync),
@@ -121,19 +135,6 @@ PACKED_ROWS = 16
 # 5.88 and BERT-shaped (17 M) 8.03 / 5.55 (2026-12-04). Only RNNs: MobileNetV2-
 # shaped after lowrank reduction=4 (87 M MACs, 0.87 M per contraction) ran 19.3
 # ms on local-sync against 14.6 for dense on local-task (benchmarks/reference_table.py).
-# Matvecs: a matmul of one row against a weight (an RNN step at batch 1, a
-# classifier head). IREE 3.13's data tiling gives an f32 M=1 matmul 1x16 tiles
-# on AVX-512 (enumerateMatmulTileX86_64): one chain of dependent FMAs per 16
-# outputs, bound by FMA latency. matvecs_as_panels() writes it as a generic over
-# weight panels of MATVEC_LANES outputs (MATVEC_LANES / 16 accumulators) with
-# its own lowering config. A 2-layer LSTM (hidden 256, 50 steps, weights in L2),
-# iree-benchmark-module median, local-sync: 2.1 ms -> 1.04 ms (the 1024x256
-# matvec 21 -> 7.0 us); 64 lanes 1.14 ms, 32 lanes 1.18 ms; the reference LSTM
-# (hidden 512: 4 MB per layer, past one core's L2) 10.4 -> 10.3 ms, bound by
-# memory either way (2026-12-05).
-MATVEC_LANES = (128, 64, 32, 16)  # widest that divides the outputs
-MATVEC_K_UNROLL = 8
-MATVEC_PANELS_PER_WORKGROUP = 2
 SYNC_MAX_MACS = 16_000_000
 SYNC_MAX_MEAN_MACS = 1_000_000
 RNN_MIN_STEPS = 8
@@ -477,6 +478,7 @@ def _packable_weights(program: Program) -> set[str]:
 
     readers: dict[str, int] = {}
     matvecs: dict[str, int] = {}
+
     def traced(value: Any) -> str | None:
         found = program.trace_param(value) if isinstance(value.type, ir.RankedTensorType) else None
         return found[0] if found is not None else None
