@@ -523,25 +523,29 @@ def matvecs_as_panels(program: Program) -> Program:
     from optc.builder import Builder
 
     panels: dict[tuple[str, str, int], ir.Value] = {}
+    configs: dict[int, ir.Attribute] = {}  # per panel width: every step of an RNN shares one
 
     def rewrite(copy: Program, op: Any) -> None:
         x, w, init = op.operands
-        (k, n), lanes = shape_of(w), next(lane for lane in MATVEC_LANES if shape_of(w)[1] % lane == 0)
+        k, n = shape_of(w)
+        lanes = next(lane for lane in MATVEC_LANES if n % lane == 0)
         func = copy.function(_enclosing_function(op))
         param, chain = func.trace_param(w)
         key = (func.func_name, param, lanes)
         if key not in panels:
             weight = apply_view(copy.params[param], chain).reshape(k, n // lanes, lanes).transpose(1, 0, 2)
             panels[key] = func.constant(f"{param}.panels{lanes}", weight, origin=copy.layer_of(param))
-        config = _iree_attribute(copy, "#iree_codegen.compilation_info<lowering_config = #iree_cpu.lowering_config<"
-                                 f"distribution = [{MATVEC_PANELS_PER_WORKGROUP}, 0, 0], vector_common_parallel = [1, {lanes}, 0], "
-                                 f"vector_reduction = [0, 0, {MATVEC_K_UNROLL}]>, translation_info = "
-                                 "#iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<DoubleTilingExpert>>>")
+        if lanes not in configs:
+            configs[lanes] = _iree_attribute(
+                copy, "#iree_codegen.compilation_info<lowering_config = #iree_cpu.lowering_config<"
+                f"distribution = [{MATVEC_PANELS_PER_WORKGROUP}, 0, 0], vector_common_parallel = [1, {lanes}, 0], "
+                f"vector_reduction = [0, 0, {MATVEC_K_UNROLL}]>, translation_info = "
+                "#iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<DoubleTilingExpert>>>")
         with Builder(copy, before=op) as b:
             acc = b.collapse(b.expand(init, [[0], [1, 2]], (1, n // lanes, lanes)), [[0, 1], [2]])
             y = b.generic([b.collapse(x, [[0, 1]]), panels[key]], acc,
                           ["(t, i, k) -> (k)", "(t, i, k) -> (t, k, i)", "(t, i, k) -> (t, i)"],
-                          lambda xv, wv, out: b.add(out, b.mul(xv, wv)), attrs={"compilation_info": config},
+                          lambda xv, wv, out: b.add(out, b.mul(xv, wv)), attrs={"compilation_info": configs[lanes]},
                           iterators=["parallel", "parallel", "reduction"])
             out = b.collapse(b.expand(y, [[0, 1], [2]], (1, n // lanes, lanes)), [[0], [1, 2]])
         op.results[0].replace_all_uses_with(out)

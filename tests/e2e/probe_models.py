@@ -181,7 +181,6 @@ def pointwise_stack() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return nn.Sequential(*layers).eval(), (torch.randn(1, 16, 56, 56),)
 
 
-
 class _MatvecKinds(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -470,6 +470,7 @@ def test_an_rnn_reads_one_panel_constant_per_weight_for_all_its_steps():
     assert sum(".panels" in n for n in prepared.params) == 2
     _compile_and_compare(model, p)
 
+
 def test_transpose_propagation_is_off_only_for_programs_with_attention():
     from optc.targets.cpu import NO_TRANSPOSE_PROPAGATION, attention_matmuls
 
