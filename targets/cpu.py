@@ -30,7 +30,8 @@ from optc.targets.iree_common import IreeSession, compile_program
 # slower: that was PyTorch's spinning OpenMP workers, not the flags.
 # Aggressive fusion (on at O2/O3 unless turned off) makes valid modules fail in
 # IREE 3.13: a tensor returned beside its softmax ("'vector.store' op write
-# affecting operations on global resources ...") and a rank-1 low-rank MLP
+# affecting operations on global resources ...", on IREE's linalg.softmax, which
+# softmax_exp_once() now keeps softmax from becoming) and a rank-1 low-rank MLP
 # ("exceeded stack allocation limit"); its gain above was within the noise, so
 # the fast set turns it off explicitly. Should the fast set still fail on some
 # module, compile() retries with the safe set and the report says so.
@@ -115,6 +116,29 @@ MATVEC_LANES = (128, 64, 32, 16)  # widest that divides the outputs
 MATVEC_K_UNROLL = 8
 MATVEC_PANELS_PER_WORKGROUP = 2  # 2 or 4 measured the same on both drivers
 
+# Attention's batch matmuls (Q·Kᵀ, P·V: both operands computed). IREE 3.13's
+# data tiling packs both operands of each (an encode per operand per call) and
+# runs the batch mmt4d at 53 GMAC/s: BERT-shaped 4x128x128x64 79 us plus 12 us
+# of encodes, 4x128x64x128 70 + 17 us. With their own lowering config they skip
+# data tiling: 8x32 register tiles (16 accumulators) in workgroups of 64 x 128
+# ran 41 us and 38-41 us (102 GMAC/s); IREE's non-data-tiled default (8x16
+# tiles, 64x64) 57 us, 4x64 tiles 43-48, 16x32 or 12x32 62-174 (2 threads,
+# iree-benchmark-module profiles of the lone op, 2026-12-05).
+ATTENTION_TILE_ROWS = 8
+ATTENTION_TILE_LANES = (32, 16)  # widest that divides the outputs
+ATTENTION_WORKGROUP = (64, 128)
+
+# SOFTMAX_EXP_ONCE: torch-mlir writes softmax as five generics (max, x - max,
+# exp, sum, divide), which IREE 3.13 raises to linalg.softmax, whose dispatch
+# computes each exp twice: 43.5 us on BERT-shaped 4x128x128 scores. With x - max
+# and exp as one generic IREE leaves it alone: a max + exp dispatch and a sum +
+# divide one, 34.7 us. scaled_dot_product_attention's _safe_softmax also checks
+# whether a row is all -inf (zeros there, not NaN) with an i1 AND-reduction of
+# x == -inf: 29.4 us of its own. The row max is -inf exactly then (maximumf
+# propagates NaN, and NaN is not -inf), so comparing it instead leaves 35.7 us
+# for the whole softmax against 72.9 (softmax_exp_once(); iree-benchmark-module
+# profiles of the block cut from the BERT-shaped model, 2 threads, 2026-12-05).
+
 # Driver: IREE's local-task pool hands each call to its worker threads and
 # wakes the caller when they finish, about 0.08 ms per hand-off on this 2-core
 # machine (a one-dispatch call: 0.08 ms on local-task, 0.002 ms on local-sync),
@@ -146,7 +170,7 @@ _CPU_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 @dataclass
 class CpuOptions:
     cpu: str = option("host", "LLVM CPU name to generate code for (host = this machine)")
-    fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs), depthwise convs, one-input-channel convs and max pools as elementwise ops over their taps, and one-row matmuls against a weight as reductions over weight panels; falls back to the safe set if it fails")
+    fast: bool = option(True, "use the measured fast flag set (im2col, Winograd for large 3x3 convs, data tiling, O3, ukernels, channels-last convs), depthwise convs, one-input-channel convs and max pools as elementwise ops over their taps, one-row matmuls against a weight as reductions over weight panels, attention's batch matmuls as generics with their own tiles, and softmax with one exp per element; falls back to the safe set if it fails")
     winograd: int = option(WINOGRAD_MIN_OUTPUT, f"with fast: Winograd for 3x3 stride-1 convs whose output is at least this many pixels on each side, F(6x6,3x3) from {WINOGRAD_F6_MIN_OUTPUT}, F(4x4,3x3) below (0 = never)")
     flags: tuple[str, ...] = option((), "extra IREE compiler flags, comma-separated (for experiments; see benchmarks/cpu_flags.py)")
     driver: str = option("auto", f"IREE runtime driver the artifact is run with: local-task (a pool of worker threads), local-sync (the calling thread), or auto: local-sync when one call of the model (its largest variant) does under {SYNC_MAX_MACS // 1_000_000} M MACs or it is an unrolled RNN whose contractions average under {SYNC_MAX_MEAN_MACS // 1_000_000} M MACs, else local-task; written into the artifact's metadata")
@@ -190,7 +214,7 @@ class CpuTarget(Target):
             prepared = program
             if options.fast:
                 prepared, _ = winograd_as_linalg(max_pools_as_taps(single_channel_convs_as_taps(depthwise_as_taps(program))), options.winograd)
-                prepared = matvecs_as_panels(prepared)  # last: the IREE attributes it adds do not survive a Program.clone()
+                prepared = configured_contractions(softmax_exp_once(prepared))  # last: see configured_contractions()
             artifact = compile_program(prepared, self.name, "llvm-cpu", self.flags_for(program, options), options)
         except CompileError as fast_error:
             if not options.fast:
@@ -229,8 +253,11 @@ def auto_driver(program: Program) -> str:
 def attention_matmuls(program: Program) -> int:
     """Batch matmuls (in any function) whose two operands are both computed, not
     weights: attention's Q·Kᵀ and P·V."""
-    return sum(1 for op in walk_nested(program.module.operation)
-               if op.name == "linalg.batch_matmul" and all(program.trace_param(v) is None for v in op.operands[:2]))
+    return sum(1 for op in walk_nested(program.module.operation) if _is_attention_matmul(program, op))
+
+
+def _is_attention_matmul(program: Program, op: Any) -> bool:
+    return op.name == "linalg.batch_matmul" and all(program.trace_param(v) is None for v in op.operands[:2])
 
 
 def winograd_convs(program: Program, min_output: int) -> list[Any]:
@@ -326,7 +353,7 @@ def winograd_as_linalg(program: Program, min_output: int) -> tuple[Program, int]
         conv.results[0].replace_all_uses_with(out)
         conv.erase()
 
-    return _rewrite_each(program, lambda op: _on_winograd(op, min_output), rewrite), len(winograd_convs(program, min_output))
+    return _rewrite_each(program, (lambda op: _on_winograd(op, min_output), rewrite)), len(winograd_convs(program, min_output))
 
 
 def depthwise_as_taps(program: Program) -> Program:
@@ -360,7 +387,7 @@ def depthwise_as_taps(program: Program) -> Program:
         conv.results[0].replace_all_uses_with(out)
         conv.erase()
 
-    return _rewrite_each(program, lambda op: op.name == "linalg.depthwise_conv_2d_nchw_chw", rewrite)
+    return _rewrite_each(program, (lambda op: op.name == "linalg.depthwise_conv_2d_nchw_chw", rewrite))
 
 
 def single_channel_convs_as_taps(program: Program) -> Program:
@@ -420,7 +447,7 @@ def single_channel_convs_as_taps(program: Program) -> Program:
         for op in (maps, flat.operation, conv):
             op.erase()
 
-    return _rewrite_each(program, one_channel, rewrite)
+    return _rewrite_each(program, (one_channel, rewrite))
 
 
 def max_pools_as_taps(program: Program) -> Program:
@@ -454,7 +481,186 @@ def max_pools_as_taps(program: Program) -> Program:
         pool.results[0].replace_all_uses_with(out)
         pool.erase()
 
-    return _rewrite_each(program, lambda op: op.name == "linalg.pooling_nchw_max", rewrite)
+    return _rewrite_each(program, (lambda op: op.name == "linalg.pooling_nchw_max", rewrite))
+
+
+def softmax_exp_once(program: Program) -> Program:
+    """A copy of ``program`` in which each elementwise ``exp(x - m)`` written as
+    two generics (torch-mlir's softmax) is one generic, and each check that a
+    row is all ``-inf`` (PyTorch's _safe_softmax) compares that row's max with
+    ``-inf`` instead of reducing ``x == -inf``: see SOFTMAX_EXP_ONCE.
+    ``program`` itself when there is neither."""
+    from torch_mlir import ir
+    from torch_mlir.dialects import arith, math
+
+    from optc.builder import Builder
+
+    def fuse_exp(copy: Program, exp: Any) -> None:
+        sub = exp.operands[0].owner
+        with Builder(copy, before=exp) as b:
+            y = b.generic(list(sub.operands[:2]), exp.operands[1], [*_map_texts(sub)[:2], _map_texts(exp)[1]],
+                          lambda x, m, _out: math.ExpOp(arith.SubFOp(x, m).result).result)
+        _replace(exp, y)
+
+    def read_max(copy: Program, check: Any) -> None:
+        row_max, positions = _row_max_beside(check)
+        out = check.results[0]
+        dims = [f"d{i}" for i in range(len(shape_of(out)))]
+        read = f"({', '.join(dims)}) -> ({', '.join(dims[p] for p in positions)})"
+        with Builder(copy, before=check) as b:
+            minus_inf = arith.ConstantOp(ir.F32Type.get(), float("-inf")).result
+            y = b.generic([row_max], b.empty(shape_of(out), out), [read, f"({', '.join(dims)}) -> ({', '.join(dims)})"],
+                          lambda m, _out: arith.CmpFOp(arith.CmpFPredicate.OEQ, m, minus_inf).result)
+        _replace(check, y)
+
+    return _rewrite_each(program, (_is_exp_of_difference, fuse_exp), (lambda op: _row_max_beside(op) is not None, read_max))
+
+
+def _replace(op: Any, value: Any) -> None:
+    """Replace ``op``'s result by ``value``; erase it and its operands' producers left unused
+    (not Program.replace: its clean-up would erase ops other rules have picked)."""
+    producers = [p for p in map(_producer, op.operands) if p is not None]
+    op.results[0].replace_all_uses_with(value)
+    op.erase()
+    for producer in producers:
+        if all(not list(r.uses) for r in producer.results):
+            producer.erase()
+
+
+def _is_exp_of_difference(op: Any) -> bool:
+    """``op`` is an elementwise exp of the one use of an elementwise ``a - b`` (all maps of the exp identities)."""
+    if op.name != "linalg.generic" or len(op.operands) != 2 or _body(op) != ["math.exp(0)"] or not _all_parallel(op):
+        return False
+    sub = _producer(op.operands[0])
+    return (sub is not None and sub.name == "linalg.generic" and len(sub.operands) == 3 and _body(sub) == ["arith.subf(0,1)"]
+            and _all_parallel(sub) and _one_use(sub.results[0]) and set(_map_texts(op)) == {_identity(op)} and _map_texts(sub)[2] == _identity(sub))
+
+
+def _row_max_beside(check: Any) -> tuple[Any, list[int]] | None:
+    """For ``check``, an AND-reduction from true of an elementwise ``x == -inf``,
+    with a max-reduction from ``-inf`` of the same ``x`` over the same dims
+    beside it: (that max, for each of its dims the position of the same loop
+    dim among ``check``'s output dims); else None."""
+    if (check.name != "linalg.generic" or len(check.operands) != 2 or _body(check) != ["arith.andi(0,1)"]
+            or _fill_value(check.operands[1]) != 1 or _map_texts(check)[0] != _identity(check)):
+        return None
+    test = _producer(check.operands[0])
+    if (test is None or test.name != "linalg.generic" or len(test.operands) != 2 or not _all_parallel(test)
+            or not _one_use(test.results[0]) or set(_map_texts(test)) != {_identity(test)} or not _is_minus_inf_test(test)):
+        return None
+    parallel = [d for d, kind in enumerate(_iterators(check)) if kind == "parallel"]
+    out_dims = _result_dims(check, 1)
+    if [d for d in out_dims if d is not None] != parallel:
+        return None
+    x = test.operands[0]
+    for use in x.uses:
+        peer = use.owner
+        if (peer.name == "linalg.generic" and peer.operands[0] == x and _iterators(peer) == _iterators(check)
+                and _map_texts(peer)[0] == _identity(peer) and _result_dims(peer, 1) == parallel
+                and _body(peer, yielded=0) == "arith.maximumf(0,1)" and _fill_value(peer.operands[1]) == float("-inf")):
+            return peer.results[0], [out_dims.index(d) for d in parallel]
+    return None
+
+
+def _is_minus_inf_test(op: Any) -> bool:
+    """``op``'s body yields ``in == -inf`` (``in`` or its extension to f64, against a constant)."""
+    from torch_mlir import ir
+
+    block = op.regions[0].blocks[0]
+    cmp = _producer(list(block.operations)[-1].operands[0])
+    if cmp is None or cmp.name != "arith.cmpf" or ir.IntegerAttr(cmp.attributes["predicate"]).value != 1:  # oeq
+        return False
+    seen = [v if _producer(v) is None or _producer(v).name != "arith.extf" else _producer(v).operands[0] for v in cmp.operands]
+    constants = [_float_constant(v) for v in seen]
+    return sorted(map(str, constants)) == ["-inf", "None"] and block.arguments[0] in seen
+
+
+def _body(op: Any, yielded: int | None = None) -> list[str] | str:
+    """A linalg op's body as ``name(block arg positions)`` per op, the yield left
+    out; with ``yielded``, only the op giving that yielded value."""
+    block = op.regions[0].blocks[0]
+    args = list(block.arguments)
+
+    def text(inner: Any) -> str:
+        return f"{inner.name}({','.join(str(args.index(v)) if v in args else '_' for v in inner.operands)})"
+
+    ops = list(block.operations)
+    if yielded is not None:
+        producer = _producer(ops[-1].operands[yielded])
+        return text(producer) if producer is not None else ""
+    return [text(inner) for inner in ops[:-1]]
+
+
+def _producer(value: Any) -> Any:
+    from torch_mlir import ir
+
+    return value.owner if isinstance(value, ir.OpResult) else None
+
+
+def _one_use(value: Any) -> bool:
+    return len(list(value.uses)) == 1
+
+
+def _iterators(op: Any) -> list[str]:
+    return re.findall(r"parallel|reduction", str(op.attributes["iterator_types"]))
+
+
+def _all_parallel(op: Any) -> bool:
+    return set(_iterators(op)) == {"parallel"}
+
+
+def _maps(op: Any) -> list[Any]:
+    from torch_mlir import ir
+
+    return [ir.AffineMapAttr(m).value for m in op.attributes["indexing_maps"]]
+
+
+def _map_texts(op: Any) -> list[str]:
+    return [str(m) for m in _maps(op)]
+
+
+def _identity(op: Any) -> str:
+    dims = ", ".join(f"d{i}" for i in range(len(_iterators(op))))
+    return f"({dims}) -> ({dims})"
+
+
+def _result_dims(op: Any, operand: int) -> list[int | None]:
+    """Per result of ``op``'s indexing map for ``operand``: its loop dim, or None for a constant 0."""
+    from torch_mlir import ir
+
+    dims: list[int | None] = []
+    for expr in _maps(op)[operand].results:
+        if isinstance(expr, ir.AffineDimExpr):
+            dims.append(expr.position)
+        elif isinstance(expr, ir.AffineConstantExpr) and expr.value == 0:
+            dims.append(None)
+        else:
+            return [-1]
+    return dims
+
+
+def _float_constant(value: Any) -> float | None:
+    from torch_mlir import ir
+
+    op = _producer(value)
+    attr = op.attributes["value"] if op is not None and op.name == "arith.constant" else None
+    return attr.value if isinstance(attr, ir.FloatAttr) else None
+
+
+def _fill_value(value: Any) -> float | int | None:
+    """The scalar a ``linalg.fill`` result is filled with (an i1 true is 1); else None."""
+    from torch_mlir import ir
+
+    fill = _producer(value)
+    if fill is None or fill.name != "linalg.fill":
+        return None
+    scalar = _producer(fill.operands[0])
+    if scalar is None or scalar.name != "arith.constant":
+        return None
+    attr = scalar.attributes["value"]
+    if isinstance(attr, ir.BoolAttr):
+        return int(attr.value)
+    return attr.value if isinstance(attr, (ir.FloatAttr, ir.IntegerAttr)) else None
 
 
 def weight_matvecs(program: Program) -> list[Any]:
@@ -507,17 +713,20 @@ def _matvec_weight(program: Program, op: Any) -> tuple[str, list[tuple[str, Any]
 
 
 def matvecs_as_panels(program: Program) -> Program:
-    """A copy of ``program`` in which every weight_matvecs() op ``y = x·W`` (x: 1×K,
+    """matvec_panel_rule() alone: see configured_contractions()."""
+    return _rewrite_each(program, matvec_panel_rule(program))
+
+
+def matvec_panel_rule(program: Program) -> tuple[Callable[[Any], bool], Callable[[Program, Any], None]]:
+    """Rewrites every weight_matvecs() op ``y = x·W`` (x: 1×K,
     W: K×N) is a reduction over the weight stored as panels of L outputs,
     P[t, k, i] = W[k, t·L + i] (L the widest of MATVEC_LANES dividing N):
 
         y[t, i] = init[t·L + i] + Σ_k x[k]·P[t, k, i]
 
     with a lowering config that keeps a panel row's L/16 vectors as separate
-    accumulators (see MATVEC_LANES); ``program`` itself when there are none.
-    Panels are new constants, one per weight and width, shared by every use.
-    The config is an IREE attribute that torch-mlir's context holds only
-    opaquely: the copy cannot be cloned again (Program.clone parses it anew)."""
+    accumulators (see MATVEC_LANES). Panels are new constants, one per weight
+    and width, shared by every use."""
     from torch_mlir import ir
 
     from optc.builder import Builder
@@ -552,7 +761,71 @@ def matvecs_as_panels(program: Program) -> Program:
         op.erase()
 
     packable = _packable_weights(program)
-    return _rewrite_each(program, lambda op: _is_weight_matvec(program, op, packable), rewrite)
+    return (lambda op: _is_weight_matvec(program, op, packable)), rewrite
+
+
+def attention_matmul_rule(program: Program) -> tuple[Callable[[Any], bool], Callable[[Program, Any], None]]:
+    """Rewrites every attention_matmuls() op whose rows divide by
+    ATTENTION_TILE_ROWS and whose outputs by 16 into the same contraction as a
+    generic with its own lowering config (ATTENTION_TILE_*), which IREE's data
+    tiling leaves alone."""
+    from optc.builder import Builder
+
+    configs: dict[tuple[int, ...], Any] = {}
+
+    def tiles(op: Any) -> tuple[int, ...] | None:
+        _, m, n = shape_of(op.results[0])
+        lanes = next((lane for lane in ATTENTION_TILE_LANES if n % lane == 0), None)
+        if lanes is None or m % ATTENTION_TILE_ROWS:
+            return None
+        return min(m, ATTENTION_WORKGROUP[0]), min(n, ATTENTION_WORKGROUP[1]), lanes
+
+    def picked(op: Any) -> bool:
+        return _is_attention_matmul(program, op) and tiles(op) is not None
+
+    def rewrite(copy: Program, op: Any) -> None:
+        (a, a_read), (b, b_read) = _through_transpose(op.operands[0], ["g", "i", "k"]), _through_transpose(op.operands[1], ["g", "k", "j"])
+        init = op.operands[2]
+        rows, cols, lanes = key = tiles(op)
+        if key not in configs:
+            configs[key] = _iree_attribute(
+                copy, "#iree_codegen.compilation_info<lowering_config = #iree_cpu.lowering_config<"
+                f"distribution = [1, {rows}, {cols}, 0], vector_common_parallel = [1, {ATTENTION_TILE_ROWS}, {lanes}, 0], "
+                "vector_reduction = [0, 0, 0, 1]>, translation_info = "
+                "#iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<DoubleTilingExpert>>>")
+        with Builder(copy, before=op) as bld:
+            y = bld.generic([a, b], init, [f"(g, i, j, k) -> ({a_read})", f"(g, i, j, k) -> ({b_read})", "(g, i, j, k) -> (g, i, j)"],
+                            lambda x, w, out: bld.add(out, bld.mul(x, w)), attrs={"compilation_info": configs[key]},
+                            iterators=["parallel", "parallel", "parallel", "reduction"])
+        op.results[0].replace_all_uses_with(y)
+        op.erase()
+
+    return picked, rewrite
+
+
+def _through_transpose(value: Any, dims: list[str]) -> tuple[Any, str]:
+    """(the tensor a generic reads for ``value`` at ``dims``, the dims it reads there):
+    a ``linalg.transpose``'s input, read in its own order, instead of a transposed
+    copy (IREE would fold the transpose into the generic anyway, without its
+    lowering config)."""
+    from torch_mlir import ir
+
+    producer = _producer(value)
+    if producer is None or producer.name != "linalg.transpose":
+        return value, ", ".join(dims)
+    source = [""] * len(dims)
+    for out_dim, in_dim in enumerate(ir.DenseI64ArrayAttr(producer.attributes["permutation"])):
+        source[in_dim] = dims[out_dim]
+    return producer.operands[0], ", ".join(source)
+
+
+def configured_contractions(program: Program) -> Program:
+    """A copy of ``program`` with matvec_panel_rule() and attention_matmul_rule()
+    applied; ``program`` itself when neither picks an op. Both attach IREE
+    lowering configs, attributes torch-mlir's context holds only opaquely: the
+    copy cannot be cloned again (Program.clone parses it anew), so this is one
+    clone and the last rewrite before iree-compile."""
+    return _rewrite_each(program, matvec_panel_rule(program), attention_matmul_rule(program))
 
 
 def _iree_attribute(program: Program, text: str) -> Any:
@@ -579,14 +852,19 @@ def _enclosing_function(op: Any) -> str:
     return ir.StringAttr(parent.attributes["sym_name"]).value
 
 
-def _rewrite_each(program: Program, picked: Callable[[Any], bool], rewrite: Callable[[Program, Any], None]) -> Program:
-    """A copy of ``program`` with ``rewrite(copy, op)`` applied to every op (in any
-    function of the module) that ``picked`` selects; ``program`` itself when none is."""
-    if not any(picked(op) for op in walk_nested(program.module.operation)):
+def _rewrite_each(program: Program, *rules: tuple[Callable[[Any], bool], Callable[[Program, Any], None]]) -> Program:
+    """A copy of ``program`` in which, for each rule ``(picked, rewrite)`` in turn,
+    ``rewrite(copy, op)`` is applied to every op (in any function of the module)
+    that ``picked`` selects in ``program``; ``program`` itself when none is."""
+    ops = list(walk_nested(program.module.operation))
+    if not any(picked(op) for op in ops for picked, _ in rules):
         return program
     copy = program.clone()
-    for op in [op for op in walk_nested(copy.module.operation) if picked(op)]:
-        rewrite(copy, op)
+    copied = list(walk_nested(copy.module.operation))  # the same ops in the same order
+    chosen = [[mine for op, mine in zip(ops, copied) if picked(op)] for picked, _ in rules]
+    for (_, rewrite), mine in zip(rules, chosen):
+        for op in mine:
+            rewrite(copy, op)
     return copy
 
 

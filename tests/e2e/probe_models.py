@@ -198,3 +198,26 @@ def matvec_kinds() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """One-row linear layers of the widths the cpu target writes as weight panels, and one it leaves."""
     torch.manual_seed(0)
     return _MatvecKinds().eval(), (torch.randn(1, 13),)
+
+
+class _MaskedAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(32, 96)
+        self.out = nn.Linear(32, 32)
+        mask = torch.zeros(16, 16)
+        mask[:, 12:] = float("-inf")  # no query sees the last four keys
+        mask[-1] = float("-inf")  # nor the last query any key
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).view(1, 16, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        return self.out(y.transpose(1, 2).reshape(1, 16, 32))
+
+
+def masked_attention() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """Two-head attention whose mask hides every key from the last query:
+    PyTorch's safe softmax gives that row zeros, where a plain softmax gives NaN."""
+    torch.manual_seed(0)
+    return _MaskedAttention().eval(), (torch.randn(1, 16, 32),)

@@ -54,8 +54,8 @@ def test_fast_set_compiles_a_tensor_returned_beside_its_softmax():
     assert _compile_and_compare(model, p).flags_used == "fast"
 
 
-def test_fast_set_compiles_a_rank_one_lowrank_mlp():
-    """Aggressive fusion made this one 'exceed the stack allocation limit'."""
+def _compile_rank_one_mlp():
+    """The MLP after lowrank at rank 1, compiled and compared with eager on its reference weights."""
     from optc.api import MethodContext
     from optc.plugins.lowrank import LowRank, LowRankOptions
     from optc.verify import with_weights
@@ -64,18 +64,22 @@ def test_fast_set_compiles_a_rank_one_lowrank_mlp():
     result = LowRank().apply(p, LowRankOptions(rank=1), MethodContext())
     t = CpuTarget()
     art = t.compile(p, CpuOptions())
-    assert art.flags_used == "fast"
     got = t.open(art.vmfb, CpuOptions())(*p.example_inputs)
     assert compare(got, eager_outputs(with_weights(model.module, result.reference_weights), p.example_inputs)).max_rel <= 1e-5
+    return art
+
+
+def test_fast_set_compiles_a_rank_one_lowrank_mlp():
+    """Aggressive fusion made this one 'exceed the stack allocation limit'."""
+    assert _compile_rank_one_mlp().flags_used == "fast"
 
 
 def test_a_fast_set_that_fails_falls_back_to_the_safe_set(monkeypatch):
     import optc.targets.cpu as cpu
 
     monkeypatch.setattr(cpu, "FAST_FLAGS", (*cpu.FAST_FLAGS, "--iree-dispatch-creation-enable-aggressive-fusion=true"))
-    model, p = _probe("softmax_pair")
-    art = _compile_and_compare(model, p)
-    assert art.flags_used.startswith("safe (fast set failed: ") and "vector.store" in art.flags_used
+    art = _compile_rank_one_mlp()
+    assert art.flags_used.startswith("safe (fast set failed: ") and "exceeded stack allocation limit" in art.flags_used
 
 
 def test_bad_cpu_names_and_flags_show_iree_own_line():
@@ -469,6 +473,65 @@ def test_an_rnn_reads_one_panel_constant_per_weight_for_all_its_steps():
     prepared = matvecs_as_panels(p)
     assert sum(".panels" in n for n in prepared.params) == 2
     _compile_and_compare(model, p)
+
+
+SOFTMAX_CHECKS = """
+// CHECK: %[[MAX:.*]]:2 = linalg.generic
+// CHECK: arith.maximumf
+// exp(x - max) is one generic
+// CHECK: linalg.generic
+// CHECK-NEXT: ^bb0
+// CHECK-NEXT: arith.subf
+// CHECK-NEXT: math.exp
+// CHECK-NEXT: linalg.yield
+// the all -inf check of a row compares its max
+// CHECK: %[[NINF:.*]] = arith.constant 0xFF800000 : f32
+// CHECK: linalg.generic {{.*}} ins(%[[MAX]]#0 : tensor<1x2x16xf32>) outs(%{{.*}} : tensor<1x2x16x1xi1>)
+// CHECK-NEXT: ^bb0
+// CHECK-NEXT: arith.cmpf oeq, %{{.*}}, %[[NINF]] : f32
+// CHECK-NEXT: linalg.yield
+"""
+
+
+def test_softmax_computes_each_exp_once_and_its_masked_row_check_reads_the_row_max(tmp_path):
+    from optc.targets.cpu import softmax_exp_once
+
+    model, p = _probe("masked_attention")
+    before = p.to_text()
+    assert before.count("arith.andi") == 1 and before.count("math.exp") == 1  # torch-mlir's _safe_softmax
+    text = softmax_exp_once(p).to_text()
+    filecheck(tmp_path, SOFTMAX_CHECKS, text)
+    assert "arith.andi" not in text and text.count("math.exp") == 1
+    assert p.to_text() == before
+    _compile_and_compare(model, p)  # its last query sees no key: zeros from both, not NaN
+
+
+ATTENTION_CHECKS = """
+// CHECK: #[[VREAD:map[0-9]*]] = affine_map<(d0, d1, d2, d3) -> (d3, d0, d2)>
+// Q·Kᵀ
+// CHECK: linalg.generic {{.*}} iterator_types = ["parallel", "parallel", "parallel", "reduction"]} ins(%{{.*}}, %{{.*}} : tensor<4x16x16xf32>, tensor<4x16x16xf32>)
+// CHECK-SAME: lowering_config = #iree_cpu.lowering_config<distribution = [1, 16, 16, 0], vector_common_parallel = [1, 8, 16, 0], vector_reduction = [0, 0, 0, 1]>
+// CHECK-NEXT: ^bb0
+// CHECK-NEXT: arith.mulf
+// CHECK-NEXT: arith.addf
+// P·V reads V as the heads' projection lays it out, not a transposed copy
+// CHECK: linalg.generic {indexing_maps = [#{{.*}}, #[[VREAD]], #{{.*}}], {{.*}} ins(%{{.*}}, %{{.*}} : tensor<4x16x16xf32>, tensor<16x4x16xf32>)
+// CHECK-SAME: compilation_info
+"""
+
+
+def test_attention_matmuls_become_generics_with_their_own_tiles_and_match_eager(tmp_path):
+    from optc.targets.cpu import attention_matmuls, configured_contractions
+
+    model, p = lowered("transformer")
+    assert attention_matmuls(p) == 2
+    before = p.to_text()
+    text = configured_contractions(p).to_text()
+    filecheck(tmp_path, ATTENTION_CHECKS, text)
+    assert "linalg.batch_matmul" not in text and text.count("compilation_info = ") == 2
+    assert p.to_text() == before
+    for options in (CpuOptions(), CpuOptions(driver="local-task")):
+        _compile_and_compare(model, p, options)
 
 
 def test_transpose_propagation_is_off_only_for_programs_with_attention():
