@@ -509,7 +509,7 @@ def softmax_exp_once(program: Program) -> Program:
         read = f"({', '.join(dims)}) -> ({', '.join(dims[p] for p in positions)})"
         with Builder(copy, before=check) as b:
             minus_inf = arith.ConstantOp(ir.F32Type.get(), float("-inf")).result
-            y = b.generic([row_max], b.empty(shape_of(out), out), [read, f"({', '.join(dims)}) -> ({', '.join(dims)})"],
+            y = b.generic([row_max], check.operands[1], [read, f"({', '.join(dims)}) -> ({', '.join(dims)})"],
                           lambda m, _out: arith.CmpFOp(arith.CmpFPredicate.OEQ, m, minus_inf).result)
         _replace(check, y)
 
@@ -776,7 +776,7 @@ def attention_matmul_rule(program: Program) -> tuple[Callable[[Any], bool], Call
     def tiles(op: Any) -> tuple[int, ...] | None:
         _, m, n = shape_of(op.results[0])
         lanes = next((lane for lane in ATTENTION_TILE_LANES if n % lane == 0), None)
-        if lanes is None or m % ATTENTION_TILE_ROWS:
+        if lanes is None or m % ATTENTION_TILE_ROWS or min(m, n) <= 0:  # a dynamic dim reads negative
             return None
         return min(m, ATTENTION_WORKGROUP[0]), min(n, ATTENTION_WORKGROUP[1]), lanes
 
