@@ -49,6 +49,30 @@ def is_float(t: ir.Type) -> bool:
         return False
 
 
+def defining_op(value: ir.Value) -> ir.Operation | None:
+    """The op whose result ``value`` is; None for a block argument."""
+    owner = value.owner
+    if isinstance(owner, (ir.OpView, ir.Operation)):
+        return owner.operation
+    return None
+
+
+def fill_value(value: ir.Value) -> float | int | None:
+    """The constant a ``linalg.fill`` result is filled with (true is 1); None for any other value."""
+    fill = defining_op(value)
+    scalar = defining_op(fill.operands[0]) if fill is not None and fill.name == "linalg.fill" else None
+    if scalar is None or scalar.name != "arith.constant":
+        return None
+    attr = scalar.attributes["value"]
+    if isinstance(attr, ir.BoolAttr):
+        return int(attr.value)
+    return attr.value if isinstance(attr, (ir.FloatAttr, ir.IntegerAttr)) else None
+
+
+def is_zero_fill(value: ir.Value) -> bool:
+    return fill_value(value) == 0
+
+
 def as_value(built: Any) -> ir.Value:
     """The single result of what a dialect builder returned (a Value or an op)."""
     if isinstance(built, (ir.OpView, ir.Operation)):

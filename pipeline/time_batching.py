@@ -31,7 +31,7 @@ from __future__ import annotations
 from torch_mlir import ir
 
 from optc.api import LayerChange, MethodResult, Skip, SkipReason
-from optc.builder import shape_of
+from optc.builder import defining_op, is_zero_fill, shape_of
 from optc.program import Program, WeightedOp, operands_from_outside
 
 NAME = "time_batching"
@@ -79,7 +79,7 @@ def shared_weight_batch_matmul(program: Program, w: WeightedOp) -> int:
     the weight. Returns the steps T, or 0 when ``w`` is not that form."""
     if w.kind != "batch_matmul" or w.operand_index != 1 or not w.batch_shared:
         return 0
-    bcast = _defining_op(w.op.operands[1])
+    bcast = defining_op(w.op.operands[1])
     kind, arg = w.chain[-1]
     added = arg[0] if kind == "broadcast" else [d for d in range(3) if d not in arg[0]]
     if bcast is None or added != [0]:
@@ -145,7 +145,7 @@ class TimeBatchRewrite:
         needed: set[ir.Operation] = set()
         stack = [w.op.operands[0] for w in self.group]
         while stack:
-            owner = _defining_op(stack.pop())
+            owner = defining_op(stack.pop())
             if owner is None or self.order.get(owner, -1) < first_at or owner in needed:
                 continue  # a block argument, or already available before the first step
             if owner in members or not owner.name.startswith(_PURE_PREFIXES):
@@ -185,27 +185,6 @@ class TimeBatchRewrite:
             self.program.replace(w.op, part)
 
 
-def _defining_op(value: ir.Value) -> ir.Operation | None:
-    owner = value.owner
-    if isinstance(owner, (ir.OpView, ir.Operation)):
-        return owner.operation
-    return None
-
-
-def is_zero_fill(value: ir.Value) -> bool:
-    owner = _defining_op(value)
-    if owner is None or owner.name != "linalg.fill":
-        return False
-    scalar = _defining_op(owner.operands[0])
-    if scalar is None or scalar.name != "arith.constant":
-        return False
-    attr = scalar.attributes["value"]
-    try:
-        return ir.FloatAttr(attr).value == 0.0
-    except ValueError:
-        return False
-
-
 def _slices_of_one_tensor(inputs: list[ir.Value]) -> tuple[ir.Value, list[tuple[list[int], list[int], list[list[int]]]]] | None:
     """When every step input is ``collapse_shape(extract_slice(X, …))`` of one X,
     unit-strided, all T slices together covering X exactly: (X, per step the
@@ -213,10 +192,10 @@ def _slices_of_one_tensor(inputs: list[ir.Value]) -> tuple[ir.Value, list[tuple[
     source = None
     cuts = []
     for x in inputs:
-        collapse = _defining_op(x)
+        collapse = defining_op(x)
         if collapse is None or collapse.name != "tensor.collapse_shape":
             return None
-        extract = _defining_op(collapse.operands[0])
+        extract = defining_op(collapse.operands[0])
         if extract is None or extract.name != "tensor.extract_slice" or len(extract.operands) != 1:
             return None
         if source is None:

@@ -39,13 +39,13 @@ from typing import Optional
 import numpy as np
 
 from optc.api import LayerMethod, MethodContext, Plan, SelectionOptions, Skip, SkipReason, option
+from optc.builder import is_zero_fill
 from optc.calibration import LayerData, solve_in_order
 from optc.errors import OptionError
 from optc.hookspecs import hookimpl
 from optc.program import Layer, LayerRewriter, shape_of
 from optc.storage import Layout
 from optc.structures import BlockColumnRow, LowRankFactors
-from optc.time_batching import is_zero_fill
 
 GATE_PATTERNS = ("*weight_ih*", "*weight_hh*")  # torch's RNN/RNNCell gate weights
 

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from optc.api import Artifact, Session, Target, option
+from optc.builder import defining_op, fill_value, is_zero_fill
 from optc.errors import CompileError
 from optc.hookspecs import hookimpl
 from optc.program import Program, apply_view, reassociation, shape_of, walk_nested
@@ -410,7 +411,6 @@ def single_channel_convs_as_taps(program: Program) -> Program:
     12.7 as chosen here; the held-out CNN 23.1 channels-last, 19.5 NCHW, 18.9
     as chosen."""
     from optc.builder import Builder
-    from optc.time_batching import is_zero_fill
 
     def one_channel(op: Any) -> bool:
         return op.name == "linalg.conv_2d_nchw_fchw" and op.operands[1].type.shape[1] == 1 and op.operands[1].type.shape[2] * op.operands[1].type.shape[3] > 1
@@ -519,7 +519,7 @@ def softmax_exp_once(program: Program) -> Program:
 def _replace(op: Any, value: Any) -> None:
     """Replace ``op``'s result by ``value``; erase it and its operands' producers left unused
     (not Program.replace: its clean-up would erase ops other rules have picked)."""
-    producers = [p for p in map(_producer, op.operands) if p is not None]
+    producers = [p for p in map(defining_op, op.operands) if p is not None]
     op.results[0].replace_all_uses_with(value)
     op.erase()
     for producer in producers:
@@ -531,7 +531,7 @@ def _is_exp_of_difference(op: Any) -> bool:
     """``op`` is an elementwise exp of the one use of an elementwise ``a - b`` (all maps of the exp identities)."""
     if op.name != "linalg.generic" or len(op.operands) != 2 or _body(op) != ["math.exp(0)"] or not _all_parallel(op):
         return False
-    sub = _producer(op.operands[0])
+    sub = defining_op(op.operands[0])
     return (sub is not None and sub.name == "linalg.generic" and len(sub.operands) == 3 and _body(sub) == ["arith.subf(0,1)"]
             and _all_parallel(sub) and _one_use(sub.results[0]) and set(_map_texts(op)) == {_identity(op)} and _map_texts(sub)[2] == _identity(sub))
 
@@ -542,9 +542,9 @@ def _row_max_beside(check: Any) -> tuple[Any, list[int]] | None:
     beside it: (that max, for each of its dims the position of the same loop
     dim among ``check``'s output dims); else None."""
     if (check.name != "linalg.generic" or len(check.operands) != 2 or _body(check) != ["arith.andi(0,1)"]
-            or _fill_value(check.operands[1]) != 1 or _map_texts(check)[0] != _identity(check)):
+            or fill_value(check.operands[1]) != 1 or _map_texts(check)[0] != _identity(check)):
         return None
-    test = _producer(check.operands[0])
+    test = defining_op(check.operands[0])
     if (test is None or test.name != "linalg.generic" or len(test.operands) != 2 or not _all_parallel(test)
             or not _one_use(test.results[0]) or set(_map_texts(test)) != {_identity(test)} or not _is_minus_inf_test(test)):
         return None
@@ -557,7 +557,7 @@ def _row_max_beside(check: Any) -> tuple[Any, list[int]] | None:
         peer = use.owner
         if (peer.name == "linalg.generic" and peer.operands[0] == x and _iterators(peer) == _iterators(check)
                 and _map_texts(peer)[0] == _identity(peer) and _result_dims(peer, 1) == parallel
-                and _body(peer, yielded=0) == "arith.maximumf(0,1)" and _fill_value(peer.operands[1]) == float("-inf")):
+                and _body(peer, yielded=0) == "arith.maximumf(0,1)" and fill_value(peer.operands[1]) == float("-inf")):
             return peer.results[0], [out_dims.index(d) for d in parallel]
     return None
 
@@ -567,10 +567,10 @@ def _is_minus_inf_test(op: Any) -> bool:
     from torch_mlir import ir
 
     block = op.regions[0].blocks[0]
-    cmp = _producer(list(block.operations)[-1].operands[0])
+    cmp = defining_op(list(block.operations)[-1].operands[0])
     if cmp is None or cmp.name != "arith.cmpf" or ir.IntegerAttr(cmp.attributes["predicate"]).value != 1:  # oeq
         return False
-    seen = [v if _producer(v) is None or _producer(v).name != "arith.extf" else _producer(v).operands[0] for v in cmp.operands]
+    seen = [v if defining_op(v) is None or defining_op(v).name != "arith.extf" else defining_op(v).operands[0] for v in cmp.operands]
     constants = [_float_constant(v) for v in seen]
     return sorted(map(str, constants)) == ["-inf", "None"] and block.arguments[0] in seen
 
@@ -586,15 +586,9 @@ def _body(op: Any, yielded: int | None = None) -> list[str] | str:
 
     ops = list(block.operations)
     if yielded is not None:
-        producer = _producer(ops[-1].operands[yielded])
+        producer = defining_op(ops[-1].operands[yielded])
         return text(producer) if producer is not None else ""
     return [text(inner) for inner in ops[:-1]]
-
-
-def _producer(value: Any) -> Any:
-    from torch_mlir import ir
-
-    return value.owner if isinstance(value, ir.OpResult) else None
 
 
 def _one_use(value: Any) -> bool:
@@ -642,25 +636,9 @@ def _result_dims(op: Any, operand: int) -> list[int | None]:
 def _float_constant(value: Any) -> float | None:
     from torch_mlir import ir
 
-    op = _producer(value)
+    op = defining_op(value)
     attr = op.attributes["value"] if op is not None and op.name == "arith.constant" else None
     return attr.value if isinstance(attr, ir.FloatAttr) else None
-
-
-def _fill_value(value: Any) -> float | int | None:
-    """The scalar a ``linalg.fill`` result is filled with (an i1 true is 1); else None."""
-    from torch_mlir import ir
-
-    fill = _producer(value)
-    if fill is None or fill.name != "linalg.fill":
-        return None
-    scalar = _producer(fill.operands[0])
-    if scalar is None or scalar.name != "arith.constant":
-        return None
-    attr = scalar.attributes["value"]
-    if isinstance(attr, ir.BoolAttr):
-        return int(attr.value)
-    return attr.value if isinstance(attr, (ir.FloatAttr, ir.IntegerAttr)) else None
 
 
 def weight_matvecs(program: Program) -> list[Any]:
@@ -810,7 +788,7 @@ def _through_transpose(value: Any, dims: list[str]) -> tuple[Any, str]:
     lowering config)."""
     from torch_mlir import ir
 
-    producer = _producer(value)
+    producer = defining_op(value)
     if producer is None or producer.name != "linalg.transpose":
         return value, ", ".join(dims)
     source = [""] * len(dims)
