@@ -490,13 +490,12 @@ def softmax_exp_once(program: Program) -> Program:
     row is all ``-inf`` (PyTorch's _safe_softmax) compares that row's max with
     ``-inf`` instead of reducing ``x == -inf``: see SOFTMAX_EXP_ONCE.
     ``program`` itself when there is neither."""
-    from torch_mlir import ir
     from torch_mlir.dialects import arith, math
 
-    from optc.builder import Builder
+    from optc.builder import Builder, element_type
 
     def fuse_exp(copy: Program, exp: Any) -> None:
-        sub = exp.operands[0].owner
+        sub = defining_op(exp.operands[0])
         with Builder(copy, before=exp) as b:
             y = b.generic(list(sub.operands[:2]), exp.operands[1], [*_map_texts(sub)[:2], _map_texts(exp)[1]],
                           lambda x, m, _out: math.ExpOp(arith.SubFOp(x, m).result).result)
@@ -508,7 +507,7 @@ def softmax_exp_once(program: Program) -> Program:
         dims = [f"d{i}" for i in range(len(shape_of(out)))]
         read = f"({', '.join(dims)}) -> ({', '.join(dims[p] for p in positions)})"
         with Builder(copy, before=check) as b:
-            minus_inf = arith.ConstantOp(ir.F32Type.get(), float("-inf")).result
+            minus_inf = arith.ConstantOp(element_type(row_max), float("-inf")).result
             y = b.generic([row_max], check.operands[1], [read, f"({', '.join(dims)}) -> ({', '.join(dims)})"],
                           lambda m, _out: arith.CmpFOp(arith.CmpFPredicate.OEQ, m, minus_inf).result)
         _replace(check, y)
@@ -555,7 +554,7 @@ def _row_max_beside(check: Any) -> tuple[Any, list[int]] | None:
     x = test.operands[0]
     for use in x.uses:
         peer = use.owner
-        if (peer.name == "linalg.generic" and peer.operands[0] == x and _iterators(peer) == _iterators(check)
+        if (peer.name == "linalg.generic" and len(peer.operands) - len(peer.results) == 1 and peer.operands[0] == x and _iterators(peer) == _iterators(check)
                 and _map_texts(peer)[0] == _identity(peer) and _result_dims(peer, 1) == parallel
                 and _body(peer, yielded=0) == "arith.maximumf(0,1)" and fill_value(peer.operands[1]) == float("-inf")):
             return peer.results[0], [out_dims.index(d) for d in parallel]
