@@ -49,6 +49,11 @@ def is_float(t: ir.Type) -> bool:
         return False
 
 
+def indexing_maps(op: ir.Operation) -> list[ir.AffineMap]:
+    """A linalg op's indexing maps, one per operand (named ops too)."""
+    return [ir.AffineMapAttr(m).value if isinstance(m, ir.Attribute) else m for m in linalg.get_indexing_maps(op.opview)]
+
+
 def defining_op(value: ir.Value) -> ir.Operation | None:
     """The op whose result ``value`` is; None for a block argument."""
     owner = value.owner

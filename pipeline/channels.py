@@ -35,8 +35,9 @@ from typing import Any, Iterable
 
 import numpy as np
 from torch_mlir import ir
-from torch_mlir.dialects import arith, linalg, tensor
+from torch_mlir.dialects import arith, tensor
 
+from optc.builder import indexing_maps
 from optc.program import CONTRACTIONS, Program, WeightedOp, reassociation, resource_name, shape_of
 
 __all__ = ["Why", "NotPrunable", "Role", "ChannelUse", "ChannelGroup", "channel_groups", "prune_channels"]
@@ -206,10 +207,6 @@ def _dense(attr: ir.Attribute) -> ir.DenseElementsAttr | None:
         return None
 
 
-def _maps(op: ir.Operation) -> list[ir.AffineMap]:
-    return [ir.AffineMapAttr(m).value if isinstance(m, ir.Attribute) else m for m in linalg.get_indexing_maps(op.opview)]
-
-
 def _body_reads_index(op: ir.Operation, dims: Iterable[int]) -> bool:
     """Whether a linalg op's body uses ``linalg.index`` of one of ``dims`` or reads
     another tensor (``tensor.extract``): slicing the loop would change its values."""
@@ -249,7 +246,7 @@ def _backward_dims(op: ir.Operation, result_dims: dict[int, np.ndarray]) -> list
     if not result_dims:
         return []
     if _is_linalg(op):
-        maps = _maps(op)
+        maps = indexing_maps(op)
         n_in = len(op.operands) - len(op.results)  # DPS: one init per result
         out_map = maps[n_in]
         loops: dict[int, np.ndarray] = {}
@@ -375,7 +372,7 @@ class _Analysis:
         return self.tracked.get(value, {})  # {} for a value that carries no tracked channel
 
     def _linalg(self, op: ir.Operation, source: WeightedOp | None) -> None:
-        maps = _maps(op)
+        maps = indexing_maps(op)
         n_in = len(op.operands) - len(op.results)  # DPS: one init per result
         operands = list(op.operands)
         out_dims = {_loop_dim(e) for m in maps[n_in:] for e in m.results}

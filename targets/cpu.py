@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from optc.api import Artifact, Session, Target, option
-from optc.builder import defining_op, fill_value, is_zero_fill
+from optc.builder import defining_op, fill_value, indexing_maps, is_zero_fill
 from optc.errors import CompileError
 from optc.hookspecs import hookimpl
 from optc.program import Program, apply_view, reassociation, shape_of, walk_nested
@@ -569,7 +569,11 @@ def _is_minus_inf_test(op: Any) -> bool:
     cmp = defining_op(list(block.operations)[-1].operands[0])
     if cmp is None or cmp.name != "arith.cmpf" or ir.IntegerAttr(cmp.attributes["predicate"]).value != 1:  # oeq
         return False
-    seen = [v if defining_op(v) is None or defining_op(v).name != "arith.extf" else defining_op(v).operands[0] for v in cmp.operands]
+    def unextended(v: Any) -> Any:
+        ext = defining_op(v)
+        return ext.operands[0] if ext is not None and ext.name == "arith.extf" else v
+
+    seen = [unextended(v) for v in cmp.operands]
     constants = [_float_constant(v) for v in seen]
     return sorted(map(str, constants)) == ["-inf", "None"] and block.arguments[0] in seen
 
@@ -602,14 +606,8 @@ def _all_parallel(op: Any) -> bool:
     return set(_iterators(op)) == {"parallel"}
 
 
-def _maps(op: Any) -> list[Any]:
-    from torch_mlir import ir
-
-    return [ir.AffineMapAttr(m).value for m in op.attributes["indexing_maps"]]
-
-
 def _map_texts(op: Any) -> list[str]:
-    return [str(m) for m in _maps(op)]
+    return [str(m) for m in indexing_maps(op)]
 
 
 def _identity(op: Any) -> str:
@@ -622,7 +620,7 @@ def _result_dims(op: Any, operand: int) -> list[int | None]:
     from torch_mlir import ir
 
     dims: list[int | None] = []
-    for expr in _maps(op)[operand].results:
+    for expr in indexing_maps(op)[operand].results:
         if isinstance(expr, ir.AffineDimExpr):
             dims.append(expr.position)
         elif isinstance(expr, ir.AffineConstantExpr) and expr.value == 0:
@@ -722,11 +720,7 @@ def matvec_panel_rule(program: Program) -> tuple[Callable[[Any], bool], Callable
             weight = apply_view(copy.params[param], chain).reshape(k, n // lanes, lanes).transpose(1, 0, 2)
             panels[key] = func.constant(f"{param}.panels{lanes}", weight, origin=copy.layer_of(param))
         if lanes not in configs:
-            configs[lanes] = _iree_attribute(
-                copy, "#iree_codegen.compilation_info<lowering_config = #iree_cpu.lowering_config<"
-                f"distribution = [{MATVEC_PANELS_PER_WORKGROUP}, 0, 0], vector_common_parallel = [1, {lanes}, 0], "
-                f"vector_reduction = [0, 0, {MATVEC_K_UNROLL}]>, translation_info = "
-                "#iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<DoubleTilingExpert>>>")
+            configs[lanes] = _double_tiling(copy, [MATVEC_PANELS_PER_WORKGROUP, 0, 0], [1, lanes, 0], [0, 0, MATVEC_K_UNROLL])
         with Builder(copy, before=op) as b:
             acc = b.collapse(b.expand(init, [[0], [1, 2]], (1, n // lanes, lanes)), [[0, 1], [2]])
             y = b.generic([b.collapse(x, [[0, 1]]), panels[key]], acc,
@@ -765,11 +759,7 @@ def attention_matmul_rule(program: Program) -> tuple[Callable[[Any], bool], Call
         init = op.operands[2]
         rows, cols, lanes = key = tiles(op)
         if key not in configs:
-            configs[key] = _iree_attribute(
-                copy, "#iree_codegen.compilation_info<lowering_config = #iree_cpu.lowering_config<"
-                f"distribution = [1, {rows}, {cols}, 0], vector_common_parallel = [1, {ATTENTION_TILE_ROWS}, {lanes}, 0], "
-                "vector_reduction = [0, 0, 0, 1]>, translation_info = "
-                "#iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<DoubleTilingExpert>>>")
+            configs[key] = _double_tiling(copy, [1, rows, cols, 0], [1, ATTENTION_TILE_ROWS, lanes, 0], [0, 0, 0, 1])
         with Builder(copy, before=op) as bld:
             y = bld.generic([a, b], init, [f"(g, i, j, k) -> ({a_read})", f"(g, i, j, k) -> ({b_read})", "(g, i, j, k) -> (g, i, j)"],
                             lambda x, w, out: bld.add(out, bld.mul(x, w)), attrs={"compilation_info": configs[key]},
@@ -803,6 +793,15 @@ def configured_contractions(program: Program) -> Program:
     copy cannot be cloned again (Program.clone parses it anew), so this is one
     clone and the last rewrite before iree-compile."""
     return _rewrite_each(program, matvec_panel_rule(program), attention_matmul_rule(program))
+
+
+def _double_tiling(program: Program, distribution: list[int], parallel: list[int], reduction: list[int]) -> Any:
+    """An op's own lowering config for IREE's DoubleTilingExpert pipeline: workgroup
+    tiles, then vector tiles of the parallel and of the reduction loops."""
+    return _iree_attribute(
+        program, "#iree_codegen.compilation_info<lowering_config = #iree_cpu.lowering_config<"
+        f"distribution = {distribution}, vector_common_parallel = {parallel}, vector_reduction = {reduction}>, "
+        "translation_info = #iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<DoubleTilingExpert>>>")
 
 
 def _iree_attribute(program: Program, text: str) -> Any:
